@@ -1,0 +1,93 @@
+"""Binomial diffusion (paper Table App.1, PAPER.md 1.3 and 2.4) over binary data.
+
+pi = B(p) independently per bit; q(x_t | x_{t-1}) = B(x_{t-1}(1 - beta_t) + p beta_t). A Bernoulli travels
+as the 1-tuple (probability of a 1,) with shape [N, *D].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dpm.diffusion import Diffusion, Params, at
+from dpm.schedules import Schedule
+
+EPS = 1e-6  # keeps logits finite where a kernel probability is exactly 0 or 1 (beta_T = 1)
+
+
+def bernoulli_kl(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """KL(B(q) || B(p)) per element, nats; exact at q in {0, 1} (0 log 0 = 0)."""
+    p = p.clamp(EPS, 1 - EPS)
+    return torch.xlogy(q, q) - q * torch.log(p) + torch.xlogy(1 - q, 1 - q) - (1 - q) * torch.log1p(-p)
+
+
+def bernoulli_entropy(q: torch.Tensor) -> torch.Tensor:
+    """H(B(q)) per element, nats."""
+    return -(torch.xlogy(q, q) + torch.xlogy(1 - q, 1 - q))
+
+
+class BinomialDiffusion(Diffusion):
+    """Binomial diffusion towards B(p); reverse kernel B(x_{t-1}; f_b) with
+    logit f_b = logit(x_t (1 - beta_t) + p beta_t) + z, z the network output (a perturbation of the forward
+    kernel's own form, which is the exact reversal for independent B(p) data)."""
+
+    kind = "binomial"
+    n_outputs = 1
+
+    def __init__(self, schedule: Schedule, p: float = 0.5) -> None:
+        super().__init__(schedule)
+        if not 0.0 < float(p) < 1.0:
+            raise ValueError(f"diffusion.p={p} is invalid: the Bernoulli prior's probability must lie in (0, 1)")
+        self.p = float(p)
+
+    def check_data(self, x0):
+        if not bool(((x0 == 0) | (x0 == 1)).all()):
+            bad = x0[(x0 != 0) & (x0 != 1)].flatten()[:3].tolist()
+            raise ValueError(f"binomial diffusion needs binary data (0 or 1); got values such as {bad}. "
+                             "Use diffusion=gaussian for real-valued data.")
+
+    def marginal(self, x0, t):
+        """q(x_t = 1 | x_0) = x0 alpha_bar_t + p (1 - alpha_bar_t)."""
+        ab = at(self.alpha_bar(), t, x0)
+        return (x0 * ab + self.p * (1 - ab),)
+
+    def q_sample(self, x0, t, generator=None):
+        return torch.bernoulli(self.marginal(x0, t)[0], generator=generator)
+
+    def q_posterior(self, x0, xt, t):
+        """q(x_{t-1} = 1 | x_t, x_0) by Bayes over the two states of x_{t-1}:
+        q(x_t | x_{t-1}) q(x_{t-1} | x0), normalised."""
+        beta = at(self.beta(), t, xt)
+        m = self.marginal(x0, t - 1)[0]
+        on1 = 1 - beta + self.p * beta  # q(x_t = 1 | x_{t-1} = 1)
+        on0 = self.p * beta  # q(x_t = 1 | x_{t-1} = 0)
+        lik1 = xt * on1 + (1 - xt) * (1 - on1)
+        lik0 = xt * on0 + (1 - xt) * (1 - on0)
+        return (lik1 * m / (lik1 * m + lik0 * (1 - m)),)
+
+    def p_params(self, out, xt, t):
+        fwd = self.forward_kernel(xt, t)[0].clamp(EPS, 1 - EPS)
+        return (torch.sigmoid(torch.logit(fwd) + out[:, 0]),)
+
+    def forward_kernel(self, x, t):
+        beta = at(self.beta(), t, x)
+        return (x * (1 - beta) + self.p * beta,)
+
+    def kl(self, q, p):
+        return bernoulli_kl(q[0], p[0])
+
+    def entropy(self, q):
+        return bernoulli_entropy(q[0])
+
+    def prior_cross_entropy(self, q):
+        return -(q[0] * math.log(self.p) + (1 - q[0]) * math.log1p(-self.p))
+
+    def log_prior(self, x):
+        return x * math.log(self.p) + (1 - x) * math.log1p(-self.p)
+
+    def draw(self, p, generator=None):
+        return torch.bernoulli(p[0], generator=generator)
+
+    def prior_sample(self, shape, generator=None, device="cpu"):
+        return torch.bernoulli(torch.full(shape, self.p, device=device), generator=generator)

@@ -1,0 +1,36 @@
+"""A callback that draws the data set's figure (dpm.figures) into the run directory and sends it to the logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+from dpm.figures import draw
+
+
+class SampleFigure(L.Callback):
+    """Writes <dirpath>/<name>_step<k>.png every `every_n_val` validations (0: only at the end of training),
+    and <dirpath>/<name>.png when training ends; a W&B logger also receives the image."""
+
+    def __init__(self, dirpath: str, name: str = "samples", every_n_val: int = 0, seed: int = 0) -> None:
+        self.dirpath, self.name, self.every_n_val, self.seed = Path(dirpath), name, every_n_val, seed
+        self.n_val = 0
+
+    @rank_zero_only
+    def _draw(self, trainer: L.Trainer, module: L.LightningModule, filename: str) -> None:
+        path = draw(module, trainer.datamodule, self.dirpath / filename, self.seed)
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key=f"figures/{self.name}", images=[str(path)], step=trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.every_n_val <= 0:
+            return
+        self.n_val += 1
+        if self.n_val % self.every_n_val == 0:
+            self._draw(trainer, module, f"{self.name}_step{trainer.global_step:07d}.png")
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._draw(trainer, module, f"{self.name}.png")

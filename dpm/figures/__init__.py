@@ -1,0 +1,27 @@
+"""Figures of a trained model, one function per kind of data (DataModule.figure_kind), each writing a PNG.
+
+A figure function takes (module, dm, path, seed) and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from dpm.figures.points2d import points2d
+
+FIGURES: dict[str, Callable[..., Path]] = {
+    "points2d": points2d,
+}
+
+
+def draw(module, dm, path: Path, seed: int = 0) -> Path:
+    """Write the figure for dm's kind of data to path (PNG), with the module in eval mode."""
+    if dm.figure_kind not in FIGURES:
+        raise ValueError(f"no figure for data of kind {dm.figure_kind!r}; known: {sorted(FIGURES)}")
+    was_training = module.training
+    module.eval()
+    try:
+        return FIGURES[dm.figure_kind](module, dm, path, seed)
+    finally:
+        module.train(was_training)

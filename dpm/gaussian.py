@@ -1,0 +1,113 @@
+"""Gaussian diffusion (paper Table App.1, PAPER.md 1.2, 2.2-2.3, 3.2).
+
+pi = N(0, I); q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I). Distributions travel as
+(mean, log-variance) pairs, each [N, *D] or broadcastable to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dpm.diffusion import Diffusion, Params, at
+from dpm.schedules import Schedule
+
+LOG_2PI = math.log(2 * math.pi)
+REVERSE_FORMS = ("code", "paper")
+
+
+def normal_kl(mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_q, e^logvar_q) || N(mean_p, e^logvar_p)) per element (PAPER.md 3.2), nats."""
+    return 0.5 * (logvar_p - logvar_q + torch.exp(logvar_q - logvar_p)
+                  + (mean_q - mean_p) ** 2 * torch.exp(-logvar_p) - 1.0)
+
+
+def normal_entropy(logvar: torch.Tensor) -> torch.Tensor:
+    """H(N(., e^logvar)) = (1 + log 2 pi + logvar) / 2 per element, nats."""
+    return 0.5 * (1.0 + LOG_2PI + logvar)
+
+
+class GaussianDiffusion(Diffusion):
+    """Gaussian diffusion with the reverse kernel of PAPER.md 2.2-2.3.
+
+    reverse_form="code" (default, the released code): mu = sqrt(1 - beta_t) x_t + sqrt(beta_t) z_mu,
+    var = sigmoid(z_var / sqrt(T) + logit beta_t). reverse_form="paper" (Eq. 64-65): var = sigmoid(z_var +
+    logit beta_t), mu = (x_t - z_mu)(1 - var) + z_mu. Both are perturbations of the forward kernel, so a
+    network whose output is 0 gives (nearly) the exact reversal of the stationary N(0, I) process.
+    """
+
+    kind = "gaussian"
+    n_outputs = 2  # z_mu, z_var
+
+    def __init__(self, schedule: Schedule, reverse_form: str = "code") -> None:
+        super().__init__(schedule)
+        if reverse_form not in REVERSE_FORMS:
+            raise ValueError(f"diffusion.reverse_form={reverse_form!r} is unknown; valid choices: {list(REVERSE_FORMS)}")
+        self.reverse_form = reverse_form
+
+    def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> Params:
+        """q(x_t | x_0) = N(sqrt(alpha_bar_t) x0, 1 - alpha_bar_t)."""
+        ab = self.alpha_bar()
+        return at(ab.sqrt(), t, x0) * x0, at(torch.log1p(-ab), t, x0).expand_as(x0)
+
+    def q_sample(self, x0, t, generator=None):
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, eps ~ N(0, I): [N, *D]."""
+        mean, logvar = self.marginal(x0, t)
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    def q_posterior(self, x0, xt, t):
+        """q(x_{t-1} | x_t, x_0) = N(mu_post, var_post) for t >= 2, the product of two Gaussians (PAPER.md 1.2):
+        var_post = beta_t (1 - ab_{t-1}) / (1 - ab_t),
+        mu_post = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) xt."""
+        beta = self.beta()
+        ab = torch.cumprod(1.0 - beta, 0)
+        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        one_m_ab = 1.0 - ab
+        c0 = ab_prev.sqrt() * beta / one_m_ab
+        ct = (1.0 - beta).sqrt() * (1.0 - ab_prev) / one_m_ab
+        # t = 1 has no posterior (var 0); a placeholder keeps log() and its gradient finite for learned beta
+        var_post = torch.cat([beta[:1], (beta * (1.0 - ab_prev) / one_m_ab)[1:]])
+        mu_post = at(c0, t, x0) * x0 + at(ct, t, xt) * xt
+        return mu_post, at(var_post.log(), t, x0).expand_as(x0)
+
+    def p_params(self, out, xt, t):
+        """p(x_{t-1} | x_t) = N(mu, var) from out [N, 2, *D] = (z_mu, z_var)."""
+        z_mu, z_var = out[:, 0], out[:, 1]
+        beta = self.beta()
+        logit_beta = at(torch.logit(beta), t, xt)
+        if self.reverse_form == "code":
+            logvar = F.logsigmoid(z_var / self.T**0.5 + logit_beta)
+            mu = at((1.0 - beta).sqrt(), t, xt) * xt + at(beta.sqrt(), t, xt) * z_mu
+        else:
+            logvar = F.logsigmoid(z_var + logit_beta)
+            mu = (xt - z_mu) * (1.0 - torch.exp(logvar)) + z_mu
+        return mu, logvar
+
+    def forward_kernel(self, x, t):
+        beta = self.beta()
+        return at((1.0 - beta).sqrt(), t, x) * x, at(beta.log(), t, x).expand_as(x)
+
+    def kl(self, q, p):
+        return normal_kl(q[0], q[1], p[0], p[1])
+
+    def entropy(self, q):
+        return normal_entropy(q[1])
+
+    def prior_cross_entropy(self, q):
+        """-E_q[log N(x; 0, 1)] = (log 2 pi + mean^2 + var) / 2."""
+        mean, logvar = q
+        return 0.5 * (LOG_2PI + mean**2 + torch.exp(logvar))
+
+    def log_prior(self, x):
+        return -0.5 * (LOG_2PI + x**2)
+
+    def draw(self, p, generator=None):
+        mean, logvar = p
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * eps
+
+    def prior_sample(self, shape, generator=None, device="cpu"):
+        return torch.randn(shape, generator=generator, device=device)

@@ -1,0 +1,97 @@
+"""The one LightningModule: owns the network and the diffusion (Gaussian or binomial), trains on -(K - L_null)."""
+
+from __future__ import annotations
+
+
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from dpm.bound import LN2, K_per_example
+from dpm.diffusion import Diffusion
+
+
+class DiffusionModule(L.LightningModule):
+    """Training maximises the bound with the unbiased one-t-per-example estimator (T - 1) KL_t (Eq. 14).
+
+    units_per_example: K is reported per example divided by this (H x W for bits/pixel, else 1).
+    optimizer / lr_scheduler: partials taking the parameters / the optimizer (Hydra `_partial_` nodes).
+    val_n_t: stratified draws of t per validation example (the `mc` estimator).
+    max_nonfinite: this many non-finite losses or gradients in a row stop the run; each one is skipped.
+    """
+
+    def __init__(self, net: nn.Module, diffusion: Diffusion, optimizer: Callable[..., torch.optim.Optimizer],
+                 lr_scheduler: Callable[..., Any] | None = None, units_per_example: int = 1, unit: str = "bits",
+                 val_n_t: int = 4, max_nonfinite: int = 20, run_config: dict | None = None) -> None:
+        super().__init__()
+        self.net, self.diffusion = net, diffusion
+        self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
+        self.units_per_example, self.unit = units_per_example, unit
+        self.val_n_t, self.max_nonfinite = min(val_n_t, diffusion.T - 1), max_nonfinite
+        self.run_config = run_config or {}  # the resolved config, saved in every checkpoint
+        self.val_K, self.val_K_minus_L_null = MeanMetric(), MeanMetric()
+        self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.net(xt, t)
+
+    def to_units(self, nats: torch.Tensor) -> torch.Tensor:
+        """Per-example nats [N] -> the reporting unit (bits, bits/seq or bits/pixel)."""
+        return nats / (LN2 * self.units_per_example)
+
+    def bound(self, x0: torch.Tensor, estimator: str, n_t: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, L_null) per example in the reporting unit, [N] each."""
+        K = K_per_example(self.diffusion, self.net, x0, estimator, n_t)
+        return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
+
+    def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        K, L_null = self.bound(x0, "mc", 1)
+        loss = -(K - L_null).mean()
+        if not torch.isfinite(loss):
+            self._nonfinite("loss")
+            return None  # Lightning skips the step
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/K", K.mean())
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()):
+            optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
+            self._nonfinite("gradient")
+        else:
+            self.nonfinite_in_a_row = 0
+
+    def _nonfinite(self, what: str) -> None:
+        self.nonfinite_in_a_row += 1
+        self.nonfinite_total += 1
+        self.log("train/nonfinite_skipped", float(self.nonfinite_total))
+        if self.nonfinite_in_a_row >= self.max_nonfinite:
+            raise RuntimeError(f"{self.nonfinite_in_a_row} non-finite {what}s in a row at step {self.global_step}; "
+                               "stopping (checkpoints/last.ckpt holds the last good weights). Try a lower "
+                               "optimizer.lr or trainer.precision=32-true.")
+
+    def validation_step(self, x0: torch.Tensor, batch_idx: int) -> None:
+        K, L_null = self.bound(x0, "mc", self.val_n_t)
+        self.val_K.update(K)
+        self.val_K_minus_L_null.update(K - L_null)
+        self.log("val/K", self.val_K, prog_bar=True)
+        self.log("val/K_minus_L_null", self.val_K_minus_L_null)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["dpm_config"] = self.run_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # torch.compile'd networks save their weights under net._orig_mod.*
+        checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
+

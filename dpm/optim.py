@@ -1,0 +1,37 @@
+"""Learning-rate schedules that configs name (the optimizers themselves are torch.optim classes)."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+
+
+def released_lr_decay(optimizer: torch.optim.Optimizer, every: int = 500, factor: float = 10 ** (-1 / 1000),
+                      floor: float = 1e-4) -> torch.optim.lr_scheduler.LambdaLR:
+    """The released code's schedule (PAPER.md 5.4): lr <- lr * factor after every `every` steps (an "epoch" of
+    500 minibatches there), never below `floor`. Step it every optimizer step."""
+    base = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(_decay, every=every, factor=factor, floor_ratio=min(1.0, floor / base)))
+
+
+def cosine_to_floor(optimizer: torch.optim.Optimizer, total_steps: int, floor: float = 0.01,
+                    warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay of the lr to `floor` x its start over total_steps."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, partial(_cosine, total=total_steps, floor=floor, warmup=warmup_steps))
+
+
+def _decay(step: int, every: int, factor: float, floor_ratio: float) -> float:
+    return max(factor ** (step // every), floor_ratio)
+
+
+def _cosine(step: int, total: int, floor: float, warmup: int) -> float:
+
+
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
