@@ -1,4 +1,4 @@
-"""A callback that draws the data set's figure (dpm.figures) into the run directory and sends it to the logger."""
+"""Callbacks: the data set's figure (dpm.figures) in the run directory and the logger; last.ckpt kept current."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dpm.figures import draw
 
@@ -34,3 +35,19 @@ class SampleFigure(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._draw(trainer, module, f"{self.name}.png")
+
+
+class LastCheckpoint(L.Callback):
+    """Keeps <dirpath>/last.ckpt current where ModelCheckpoint (which saves at validations) would leave it stale:
+    at the end of training, and on Ctrl-C or SIGTERM, so a run can always be resumed with ckpt_path=.../last.ckpt.
+    Any other exception writes <dirpath>/crash.ckpt instead, leaving the last good last.ckpt in place."""
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.dirpath / "last.ckpt")
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        trainer.save_checkpoint(self.dirpath / ("last.ckpt" if interrupted else "crash.ckpt"))

@@ -59,7 +59,9 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()):
+        if not grads:  # Lightning calls this hook even for a step whose training_step returned None
+            return
+        if not torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()):
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
             self._nonfinite("gradient")
         else:
@@ -70,9 +72,9 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_total += 1
         self.log("train/nonfinite_skipped", float(self.nonfinite_total))
         if self.nonfinite_in_a_row >= self.max_nonfinite:
-            raise RuntimeError(f"{self.nonfinite_in_a_row} non-finite {what}s in a row at step {self.global_step}; "
-                               "stopping (checkpoints/last.ckpt holds the last good weights). Try a lower "
-                               "optimizer.lr or trainer.precision=32-true.")
+            raise RuntimeError(f"{self.nonfinite_in_a_row} non-finite {what} values in a row at step "
+                               f"{self.global_step}; stopping. checkpoints/last.ckpt holds the weights of the last "
+                               "validation. Try a lower optimizer.lr or trainer.precision=32-true.")
 
     def validation_step(self, x0: torch.Tensor, batch_idx: int) -> None:
         K, L_null = self.bound(x0, "mc", self.val_n_t)

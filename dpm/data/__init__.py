@@ -1,0 +1,1 @@
+"""LightningDataModules, one per data set, on a shared base (dpm.data.base)."""

@@ -1,0 +1,112 @@
+"""The base every data set's LightningDataModule shares: fixed-seed splits held as tensors, the global batch
+split across devices, a normalisation fitted on the training split and kept in the checkpoint."""
+
+from __future__ import annotations
+
+import torch
+import lightning as L
+from torch.utils.data import DataLoader, TensorDataset
+
+SPLITS = ("train", "val", "test")
+
+
+class DataModule(L.LightningDataModule):
+    """Subclasses set `name`, `unit`, `figure_kind` and implement `make_split`; images also override
+    `units_per_example` (spatial pixels) and `dequantize`.
+
+    batch_size is the global batch: with N devices each gets batch_size // N (README, DESIGN.md contract 5).
+    """
+
+    name = ""
+    unit = "bits"  # the unit of K in the paper's Table 1: "bits", "bits/seq" or "bits/pixel"
+    figure_kind = ""  # which dpm.figures function draws this data
+
+    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0,
+                 seed: int = 0) -> None:
+        super().__init__()
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if int(value) < 1:
+                raise ValueError(f"dataset.{key}={value} is invalid: must be a positive integer")
+        if int(num_workers) < 0:
+            raise ValueError(f"dataset.num_workers={num_workers} is invalid: must be >= 0")
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.splits: dict[str, torch.Tensor] = {}
+        self.shift: torch.Tensor | None = None  # x <- (x - shift) / scale, fitted on the training split
+        self.scale: float | None = None
+
+    # ---- what a data set defines ---------------------------------------------------------------------
+    def make_split(self, split: str) -> torch.Tensor:
+        """The raw (unnormalised) examples of one split, float32 [N, *D], the same on every call."""
+        raise NotImplementedError
+
+    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(shift, scale) from the raw training split [N, *D]: by default one global mean and one global scalar,
+        so the data has zero mean and unit variance (PAPER.md 5.5, on the whole split rather than a minibatch).
+        shift broadcasts against [*D]."""
+        shift = train.mean()
+        return shift, (train - shift).pow(2).mean().sqrt().item()
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.shift) / self.scale
+
+    def dequantize(self, x0: torch.Tensor) -> torch.Tensor:
+        """Noise added to each batch on the device before the bound (images: one quantisation bin)."""
+        return x0
+
+    def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
+        """The modern discrete convention for 8-bit data (images override), else None."""
+        return None
+
+    def eval_info(self) -> dict:
+        """Extra facts about the data that eval.json records beside the numbers (images: the dequantisation)."""
+        return {}
+
+    @property
+    def units_per_example(self) -> int:
+        """How many of the reporting unit one example holds (1, or H x W spatial pixels for images)."""
+        return 1
+
+    # ---- Lightning hooks -----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = {split: self.make_split(split) for split in SPLITS}
+        if self.scale is None:
+            self.shift, self.scale = self.fit_normalization(raw["train"])
+        self.splits = {split: self.normalize(x).float() for split, x in raw.items()}
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        self.setup()
+        return tuple(self.splits["train"].shape[1:])
+
+    def state_dict(self) -> dict:
+        return {"shift": self.shift, "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shift, self.scale = state["shift"], state["scale"]
+        self.splits = {}
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        return self.dequantize(batch[0] if isinstance(batch, (list, tuple)) else batch)
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return trainer.world_size if trainer is not None else 1
+
+    def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+        self.setup()
+        per_device = max(1, (batch_size or self.eval_batch_size) // self._world_size())
+        return DataLoader(TensorDataset(self.splits[split]), batch_size=per_device, shuffle=shuffle,
+                          drop_last=shuffle and len(self.splits[split]) >= per_device,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

@@ -1,0 +1,27 @@
+"""Small networks for tests: a fixed-output net, and a random MLP whose readout is not zero."""
+
+import torch
+from torch import nn
+
+from dpm.nets.mlp import MLP
+
+
+class ConstantNet(nn.Module):
+    """Outputs a constant (0 by default) for every example: [N, n_outputs, *D]."""
+
+    def __init__(self, n_outputs: int, value: float = 0.0) -> None:
+        super().__init__()
+        self.n_outputs, self.value = n_outputs, value
+
+    def forward(self, xt, t):
+        return torch.full((xt.shape[0], self.n_outputs, *xt.shape[1:]), self.value, dtype=xt.dtype, device=xt.device)
+
+
+def random_mlp(D: int, n_outputs: int, T: int, seed: int = 0, scale: float = 0.3) -> MLP:
+    """An MLP with a random (non-zero) readout, so its KL terms vary with x_t and t."""
+    torch.manual_seed(seed)
+    net = MLP((D,), n_outputs, T, hidden=32, n_layers=2)
+    with torch.no_grad():
+        net.readout.weight.normal_(0, scale)
+        net.readout.bias.normal_(0, scale)
+    return net.eval()

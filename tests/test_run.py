@@ -1,0 +1,99 @@
+"""dpm.run end to end on the Swiss roll with a tiny budget: train, checkpoint, resume, evaluate, bad input."""
+
+import json
+
+import pytest
+import torch
+from hydra.errors import InstantiationException, MissingConfigException
+from omegaconf import OmegaConf, open_dict
+
+from dpm.run import evaluate, load_checkpoint, train
+from tests.conftest import compose
+
+TINY = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
+        "dataset.n_train=256", "dataset.n_val=64", "dataset.n_test=64", "dataset.batch_size=64", "T=8"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the tests of this file."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = compose(TINY)
+    metrics = train(cfg, out)
+    return cfg, out, metrics
+
+
+def eval_cfg(compose_cfg, ckpt, *overrides):
+    return compose_cfg([f"ckpt_path={ckpt}", *overrides], config_name="evaluate")
+
+
+def test_train_writes_the_run_directory(trained):
+    cfg, out, metrics = trained
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "config.yaml").is_file() and (out / "samples.png").is_file()
+    assert (out / "logs" / "metrics.csv").is_file()
+    assert "val/K" in metrics
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")  # weights_only=True
+    assert ckpt["global_step"] == 6 and ckpt["dpm_config"]["T"] == 8
+
+
+def test_evaluate_restores_everything_from_the_checkpoint(trained, compose_cfg, tmp_path):
+    _, out, _ = trained
+    result = evaluate(eval_cfg(compose_cfg, out / "checkpoints" / "last.ckpt"), tmp_path)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved == pytest.approx(result)
+    for key in ("dataset", "diffusion", "T", "split", "estimator", "n_examples", "K", "K_stderr", "L_null",
+                "K_minus_L_null", "unit", "K_bits_per_dim", "weights", "seconds"):
+        assert key in saved
+    assert saved["dataset"] == "swiss_roll" and saved["diffusion"] == "gaussian" and saved["T"] == 8
+    assert saved["n_examples"] == 64 and saved["unit"] == "bits" and saved["weights"] == "raw"
+    assert saved["K_minus_L_null"] == pytest.approx(saved["K"] - saved["L_null"], abs=1e-5)
+    assert saved["K_bits_per_dim"] == pytest.approx(saved["K"] / 2)
+
+
+def test_sample_task_writes_a_figure(trained, compose_cfg, tmp_path):
+    _, out, _ = trained
+    evaluate(eval_cfg(compose_cfg, out / "checkpoints" / "last.ckpt", "task=sample"), tmp_path)
+    assert (tmp_path / "samples.png").stat().st_size > 1000
+
+
+def test_resume_continues_from_the_checkpoint(trained, compose_cfg, tmp_path):
+    _, out, _ = trained
+    cfg = compose_cfg(TINY + ["trainer.max_steps=9", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
+    train(cfg, tmp_path)
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 9
+    assert ckpt["optimizer_states"][0]["state"]  # the optimizer state came along
+
+
+def test_missing_or_unreadable_checkpoint_is_named(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match="ckpt_path is required"):
+        evaluate(compose_cfg([], config_name="evaluate"), tmp_path)
+    with pytest.raises(FileNotFoundError, match="ckpt_path=.*nope.ckpt"):
+        evaluate(eval_cfg(compose_cfg, tmp_path / "nope.ckpt"), tmp_path)
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        evaluate(eval_cfg(compose_cfg, junk), tmp_path)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not a dpm checkpoint"):
+        evaluate(eval_cfg(compose_cfg, foreign), tmp_path)
+
+
+def test_bad_settings_fail_before_any_work(compose_cfg, tmp_path):
+    with pytest.raises(ValueError, match="T=1"):
+        train(compose_cfg(TINY + ["T=1"]), tmp_path)
+    with pytest.raises(InstantiationException, match="dataset.batch_size=-4 is invalid"):
+        train(compose_cfg(TINY + ["dataset.batch_size=-4"]), tmp_path)
+    with pytest.raises(MissingConfigException, match="swiss_roll"):  # Hydra lists the valid choices
+        compose_cfg(["dataset=nosuchdata"])
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(compose_cfg, tmp_path):
+    cfg = compose_cfg(TINY + ["trainer.max_steps=50"])
+    with open_dict(cfg):
+        cfg.optimizer.lr = float("inf")  # the first step makes every weight non-finite
+    with pytest.raises(RuntimeError, match="non-finite .* in a row"):
+        train(cfg, tmp_path)
