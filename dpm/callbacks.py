@@ -46,7 +46,10 @@ class LastCheckpoint(L.Callback):
         self.dirpath = Path(dirpath)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.dirpath / "last.ckpt")
+        saved = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_last", False)
+                 and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step]
+        if not saved:  # a checkpoint written after the loops end would resume one epoch late
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))

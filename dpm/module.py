@@ -19,21 +19,29 @@ class DiffusionModule(L.LightningModule):
 
     units_per_example: K is reported per example divided by this (H x W for bits/pixel, else 1).
     optimizer / lr_scheduler: partials taking the parameters / the optimizer (Hydra `_partial_` nodes).
-    val_n_t: stratified draws of t per validation example (the `mc` estimator).
+    val_n_t: stratified draws of t per validation example (the `mc` estimator); val_seed: the seed every
+    validation draws them from.
     max_nonfinite: this many non-finite losses or gradients in a row stop the run; each one is skipped.
     """
 
     def __init__(self, net: nn.Module, diffusion: Diffusion, optimizer: Callable[..., torch.optim.Optimizer],
                  lr_scheduler: Callable[..., Any] | None = None, units_per_example: int = 1, unit: str = "bits",
-                 val_n_t: int = 4, max_nonfinite: int = 20, run_config: dict | None = None) -> None:
+                 val_n_t: int = 4, val_seed: int = 12345, max_nonfinite: int = 20,
+                 run_config: dict | None = None) -> None:
         super().__init__()
         self.net, self.diffusion = net, diffusion
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.units_per_example, self.unit = units_per_example, unit
-        self.val_n_t, self.max_nonfinite = min(val_n_t, diffusion.T - 1), max_nonfinite
+        self.val_n_t, self.val_seed = min(val_n_t, diffusion.T - 1), val_seed
+        self.max_nonfinite = max_nonfinite
         self.run_config = run_config or {}  # the resolved config, saved in every checkpoint
         self.val_K, self.val_K_minus_L_null = MeanMetric(), MeanMetric()
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
+
+    def on_fit_start(self) -> None:
+        # seed_everything gives every DDP rank the same seed: offset it so ranks draw different t and noise
+        if self.global_rank > 0:
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(xt, t)
@@ -76,6 +84,19 @@ class DiffusionModule(L.LightningModule):
                                f"{self.global_step}; stopping. checkpoints/last.ckpt holds the weights of the last "
                                "validation. Try a lower optimizer.lr or trainer.precision=32-true.")
 
+    def on_validation_epoch_start(self) -> None:
+        # Every validation draws the same t, noise and dequantisation noise (a smoother val/K curve), and
+        # leaves the training streams untouched, so a resumed run continues exactly as an uninterrupted one.
+        self._rng_outside_validation = (torch.get_rng_state(),
+                                        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+        torch.manual_seed(self.val_seed + self.global_rank)
+
+    def on_validation_epoch_end(self) -> None:
+        cpu, cuda = self._rng_outside_validation
+        torch.set_rng_state(cpu)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
     def validation_step(self, x0: torch.Tensor, batch_idx: int) -> None:
         K, L_null = self.bound(x0, "mc", self.val_n_t)
         self.val_K.update(K)
@@ -92,8 +113,16 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dpm_config"] = self.run_config
+        # t and the forward noise come from torch's global generators: resume continues their streams
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # torch.compile'd networks save their weights under net._orig_mod.*
         checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
+        rng = checkpoint.get("rng_states")
+        if rng is not None and self._trainer is not None:  # resuming a fit, not a plain load
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 

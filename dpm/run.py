@@ -49,6 +49,8 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
         lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
         run_config=OmegaConf.to_container(cfg, resolve=True))
+    if cfg.get("compile"):
+        module.net = torch.compile(module.net)  # the network only; checkpoints load into an uncompiled one
     return dm, module
 
 
@@ -169,6 +171,7 @@ def bound(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Pat
     nll8 = dm.nll_bits_per_dim_8bit(K_bpd)
     if nll8 is not None:
         result["nll_bits_per_dim_8bit"] = nll8
+    result.update(dm.eval_info())
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {out_dir / 'eval.json'}")

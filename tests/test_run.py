@@ -97,3 +97,35 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(compose_cfg, tmp_path):
         cfg.optimizer.lr = float("inf")  # the first step makes every weight non-finite
     with pytest.raises(RuntimeError, match="non-finite .* in a row"):
         train(cfg, tmp_path)
+
+
+def test_compiled_network_checkpoints_load_into_a_plain_one(compose_cfg):
+    from dpm.run import build
+
+    cfg = compose(TINY)
+    _, plain = build(cfg)
+    _, compiled = build(cfg)
+    compiled.net = torch.compile(compiled.net)  # wraps only: keys gain "_orig_mod."
+    with torch.no_grad():
+        for p in compiled.parameters():
+            p.add_(1.0)
+    checkpoint = {"state_dict": compiled.state_dict()}
+    assert any("_orig_mod" in k for k in checkpoint["state_dict"])
+    plain.on_load_checkpoint(checkpoint)
+    plain.load_state_dict(checkpoint["state_dict"])
+    for (_, a), (_, b) in zip(plain.net.named_parameters(), compiled.net._orig_mod.named_parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(tmp_path):
+    """Weights, optimizer state and the RNG streams of t and noise all come back: 4 + 4 steps == 8 steps."""
+    base = TINY + ["trainer.val_check_interval=4", "callbacks=none", "logger=none"]  # 4 batches per epoch
+    train(compose(base + ["trainer.max_steps=8"]), tmp_path / "straight")
+    train(compose(base + ["trainer.max_steps=4"]), tmp_path / "first")
+    first = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train(compose(base + ["trainer.max_steps=8", f"ckpt_path={first}"]), tmp_path / "resumed")
+    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] == 8
+    for key, value in straight["state_dict"].items():
+        assert torch.allclose(value, resumed["state_dict"][key], atol=1e-6), key

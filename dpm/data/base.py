@@ -5,9 +5,27 @@ from __future__ import annotations
 
 import torch
 import lightning as L
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 SPLITS = ("train", "val", "test")
+
+
+class EpochShuffle(Sampler[int]):
+    """A random order that depends only on (seed, epoch): a run resumed at an epoch boundary sees the same
+    batches as one that never stopped (Lightning calls set_epoch before every epoch)."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
 
 
 class DataModule(L.LightningDataModule):
@@ -98,8 +116,12 @@ class DataModule(L.LightningDataModule):
     def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
         self.setup()
         per_device = max(1, (batch_size or self.eval_batch_size) // self._world_size())
-        return DataLoader(TensorDataset(self.splits[split]), batch_size=per_device, shuffle=shuffle,
-                          drop_last=shuffle and len(self.splits[split]) >= per_device,
+        n = len(self.splits[split])
+        return DataLoader(TensorDataset(self.splits[split]), batch_size=per_device,
+                          sampler=EpochShuffle(n, self.seed) if shuffle else None,
+                          drop_last=shuffle and n >= per_device,
+                          # its own generator for worker seeds: iterating never draws from torch's global RNG
+                          generator=torch.Generator().manual_seed(self.seed),
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -8,10 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from dpm.figures.image import image
 from dpm.figures.points2d import points2d
+from dpm.figures.sequence import sequence
 
 FIGURES: dict[str, Callable[..., Path]] = {
     "points2d": points2d,
+    "sequence": sequence,
+    "image": image,
 }
 
 

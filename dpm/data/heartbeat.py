@@ -1,0 +1,63 @@
+"""The binary heartbeat of the paper's section 7.1: a 1 every `period`-th bin of a `length`-bin sequence, at a
+uniformly random phase (PAPER.md 7.1). With the defaults (20, 5) there are 5 equiprobable sequences, each with
+mean activity 1/5, and the true log-likelihood is log2(1/5) = -2.322 bits/seq."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dpm.data.base import SPLITS, DataModule
+
+
+def heartbeat_patterns(length: int = 20, period: int = 5) -> torch.Tensor:
+    """The `period` possible sequences, row k having its 1s at bins k, k + period, ...: float32 [period, length]."""
+    bins = torch.arange(length)
+    return ((bins[None, :] - torch.arange(period)[:, None]) % period == 0).float()
+
+
+def true_log2_likelihood(period: int = 5) -> float:
+    """log2 p(x0) of every heartbeat sequence, bits/seq: the phase is the only randomness."""
+    return -math.log2(period)
+
+
+def pattern_index(x: torch.Tensor, length: int = 20, period: int = 5) -> torch.Tensor:
+    """For binary sequences x [N, length]: the phase k of the pattern each row equals, or -1 if none. long [N]."""
+    match = (x[:, None, :] == heartbeat_patterns(length, period).to(x)[None]).all(dim=2)  # [N, period]
+    return torch.where(match.any(dim=1), match.float().argmax(dim=1), torch.full_like(match[:, 0], -1, dtype=torch.long))
+
+
+class HeartbeatDataModule(DataModule):
+    """Heartbeat sequences [N, length] in {0, 1}, phase uniform over 0..period-1, each split drawn with its own
+    fixed seed (seed, seed + 1, seed + 2). Not normalised: binomial diffusion models the bits themselves
+    (Table 1's caption: every data set except the heartbeat is scaled to unit variance)."""
+
+    name = "heartbeat"
+    unit = "bits/seq"
+    figure_kind = "sequence"
+
+    def __init__(self, n_train: int = 10000, n_val: int = 1000, n_test: int = 2000, length: int = 20,
+                 period: int = 5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+            if int(value) < 2:
+                raise ValueError(f"dataset.{key}={value} is invalid: a split needs at least 2 examples")
+        if int(period) < 1 or int(length) < 1 or int(length) % int(period) != 0:
+            raise ValueError(f"dataset.length={length}, dataset.period={period} are invalid: length must be a "
+                             "positive multiple of period (so every phase has the same mean activity 1/period)")
+        self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
+        self.length, self.period = int(length), int(period)
+
+    @property
+    def patterns(self) -> torch.Tensor:
+        """The `period` sequences the data is made of, float32 [period, length]."""
+        return heartbeat_patterns(self.length, self.period)
+
+    def make_split(self, split: str) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + SPLITS.index(split))
+        phase = torch.randint(self.period, (self.sizes[split],), generator=g)
+        return self.patterns[phase]
+
+    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return torch.zeros(()), 1.0  # the identity: bits stay bits

@@ -1,0 +1,171 @@
+"""The base of every image data set: [N, C, H, W] pixels on a grid of n_levels grey levels, scaled to unit
+variance by one global scalar, dequantised by uniform noise, and reported in bits per spatial pixel.
+
+Raw pixel values y = k / (n_levels - 1), k = 0..n_levels-1, lie in [0, 1] (PAPER.md 5.5: Fuel gave floats
+in [0, 1]); one quantisation bin is Delta = 1 / (n_levels - 1) wide. The model sees x = (y - shift) / scale.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpm.data.base import DataModule
+
+DEQUANTIZATIONS = ("bin", "released", "none")
+
+
+def disjoint_subsets(n_pool: int, counts: dict[str, int | None], seed: int) -> dict[str, torch.Tensor]:
+    """Disjoint index sets [n] of one fixed-seed permutation of range(n_pool), taken in the order of `counts`.
+
+    A count of None takes all that is left (only the last may be None). A key names the config key that sets
+    the count (e.g. {"n_val": 200, "n_test": 400, "n_train": None}), so an impossible request says which.
+    """
+    perm = torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))
+    out, start = {}, 0
+    for i, (key, n) in enumerate(counts.items()):
+        if n is None and i != len(counts) - 1:
+            raise ValueError(f"dataset.{key}=null is only allowed for the last of {list(counts)}")
+        n = n_pool - start if n is None else int(n)
+        if n < 1 or start + n > n_pool:
+            asked = ", ".join(f"dataset.{k}={v}" for k, v in counts.items())
+            raise ValueError(f"{asked}: each split needs at least 1 example and together at most the {n_pool} "
+                             f"available (dataset.{key}={n} is invalid)")
+        out[key] = perm[start:start + n]
+        start += n
+    return out
+
+
+def check_count(key: str, value: int | None, allow_none: bool = True) -> int | None:
+    """A split size from the config: a positive integer (or None for 'all of it')."""
+    if value is None and allow_none:
+        return None
+    if value is None or int(value) < 1:
+        raise ValueError(f"dataset.{key}={value} is invalid: must be a positive integer"
+                         + (" or null (all available)" if allow_none else ""))
+    return int(value)
+
+
+def missing_files(name: str, looked_in: list[Path], files: list[str],
+                  download_tried: str | None = None) -> FileNotFoundError:
+    """The error for a data set that is not on disk: where it looked, what it expected, and the two fixes."""
+    places = "\n".join(f"  {p.resolve()}" for p in looked_in)
+    tried = f"\nDownloading failed: {download_tried}" if download_tried else ""
+    return FileNotFoundError(
+        f"{name} not found. Looked for {', '.join(files)} in\n{places}{tried}\n"
+        f"Fix: point dataset.data_dir=DIR at a folder holding an existing copy (in one of those layouts), or, "
+        f"when online, set dataset.download=true to fetch it into dataset.data_dir.")
+
+
+class ImageDataModule(DataModule):
+    """Images [N, C, H, W]; subclasses implement make_split returning raw values k / (n_levels - 1).
+
+    data_dir: where the files (or a generated cache) live; relative paths are taken from the working directory.
+    dequantization (PAPER.md 5.6), the width w of the uniform noise U(-w/2, w/2) added to every normalised
+    pixel of every batch, in training and evaluation alike:
+      - "bin": one quantisation bin, w = Delta / scale (Delta = 1 / (n_levels - 1) in raw units). The noise
+        fills each bin exactly, so K gives a bound on the discrete likelihood (nll_bits_per_dim).
+      - "released": the released code's uniform_noise = (1/255) / scl with scl = 1 / std, i.e.
+        w = Delta * scale, narrower than a bin by scale^2 (about 1/10 for MNIST); for comparison with its numbers.
+      - "none": no noise; K then measures a density on a grid of points and can grow without bound.
+    The normalisation is one global mean and one global scalar over the whole training split (the released
+    code used one minibatch), saved in the checkpoint.
+    """
+
+    unit = "bits/pixel"
+    figure_kind = "image"
+    n_levels = 256  # grey levels per channel; 256 for 8-bit images
+
+    def __init__(self, data_dir: str = "data", dequantization: str = "bin", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if dequantization not in DEQUANTIZATIONS:
+            raise ValueError(f"dataset.dequantization={dequantization!r} is unknown; valid choices: "
+                             f"{list(DEQUANTIZATIONS)}")
+        self.data_dir = Path(str(data_dir)).expanduser()
+        self.dequantization = dequantization
+
+    # ---- quantisation and normalisation -------------------------------------------------------------
+    @property
+    def bin_width(self) -> float:
+        """Delta, one quantisation bin in raw units: 1 / (n_levels - 1)."""
+        return 1.0 / (self.n_levels - 1)
+
+    def to_raw(self, levels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Integer levels 0..n_levels-1 (any shape, e.g. uint8 [N, C, H, W]) -> raw float32 values in [0, 1]."""
+        return torch.from_numpy(np.array(levels, dtype=np.float32)) / (self.n_levels - 1)
+
+    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One global mean and one global scalar std over the whole training split [N, C, H, W] (PAPER.md
+        5.5, without its one-minibatch shortcut), summed in float64 in chunks so large sets stay exact."""
+        total, n = 0.0, train.numel()
+        for chunk in train.split(4096):
+            total += chunk.double().sum().item()
+        mean = total / n
+        sq = sum((chunk.double() - mean).pow(2).sum().item() for chunk in train.split(4096))
+        std = math.sqrt(sq / n)
+        if std == 0:
+            raise ValueError(f"dataset {self.name}: the training split is constant, so it cannot be scaled to "
+                             "unit variance")
+        return torch.tensor(mean, dtype=torch.float32), std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised x -> raw units y = x * scale + shift (not clamped)."""
+        return x * self.scale + self.shift.to(x.device)
+
+    @property
+    def dequantization_width(self) -> float:
+        """w, the width of the uniform dequantisation noise in normalised units (0 for "none")."""
+        if self.scale is None:
+            self.setup()
+        if self.dequantization == "bin":
+            return self.bin_width / self.scale
+        if self.dequantization == "released":
+            return self.bin_width * self.scale
+        return 0.0
+
+    def dequantize(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 + u, u ~ U(-w/2, w/2) per element (PAPER.md 5.6), [N, C, H, W]; the global torch RNG of x0's device."""
+        w = self.dequantization_width
+        if w == 0.0:
+            return x0
+        return x0 + (torch.rand_like(x0) - 0.5) * w
+
+    # ---- reporting ----------------------------------------------------------------------------------
+    @property
+    def units_per_example(self) -> int:
+        """Spatial pixels per image, H x W: K in bits/pixel sums over colour channels (PAPER.md 3.4)."""
+        H, W = self.data_shape[-2:]
+        return H * W
+
+    def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
+        """An upper bound on the negative log2-likelihood, per dimension, of the discrete (n_levels-level)
+        image, from K per dimension on the dequantised normalised data; None without dequantisation.
+
+        Derivation. Let y be one image's raw values (D dimensions), x = (y - shift) / scale, and p the model's
+        density of normalised images, of which K is a lower bound on E_u[log p(x + u)], u ~ U(-w/2, w/2)^D.
+        The bin of y, mapped to normalised units, is the cube B(x) of side Delta / scale around x, so for any
+        w <= Delta / scale the noise cube C(x, w) lies inside it, and
+            P(y) = integral_B(x) p  >=  integral_C(x,w) p  =  w^D E_u[p(x + u)]  >=  w^D exp(E_u[log p(x + u)])
+        (the last step is Jensen). Per dimension in bits:
+            -log2 P(y) / D  <=  -log2 w - K_bits_per_dim.
+        With w = Delta / scale ("bin"): nll = log2(scale) + log2(n_levels - 1) - K_bits_per_dim: the
+        log-Jacobian of the scaling, log2 scale, and the bin width, -log2 Delta. Both inequalities are tight
+        when p is constant within each bin. "released" noise (w = Delta * scale) also gives a valid, looser
+        bound, 2 log2(1 / scale) bits/dim higher for a density that is smooth on the scale of a bin.
+        """
+        w = self.dequantization_width
+        if w == 0.0 or w > self.bin_width / self.scale * (1 + 1e-9):
+            return None
+        return -math.log2(w) - K_bits_per_dim
+
+    def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
+        """nll_bits_per_dim for 8-bit data (n_levels = 256), the modern discrete convention; else None."""
+        return self.nll_bits_per_dim(K_bits_per_dim) if self.n_levels == 256 else None
+
+    def eval_info(self) -> dict:
+        """Facts eval.json records beside the numbers: which dequantisation produced them, and the scale."""
+        return {"dequantization": self.dequantization, "dequantization_width": self.dequantization_width,
+                "n_levels": self.n_levels, "scale": self.scale, "shift": float(self.shift)}

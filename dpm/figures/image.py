@@ -1,0 +1,45 @@
+"""A grid of model samples beside a grid of training images (the paper's Fig. App.1 and Fig. 4, side by side)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from dpm.figures.save import plt, save
+
+
+def tile(images: torch.Tensor, pad: int = 1) -> torch.Tensor:
+    """[n, C, H, W] in [0, 1] -> one image [rows (H + pad) + pad, cols (W + pad) + pad, C], near-square,
+    the gaps white."""
+    n, C, H, W = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch.ones(C, rows * (H + pad) + pad, cols * (W + pad) + pad)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[:, pad + r * (H + pad): pad + r * (H + pad) + H, pad + c * (W + pad): pad + c * (W + pad) + W] = im
+    return grid.permute(1, 2, 0)
+
+
+def image(module, dm, path: Path, seed: int = 0, n: int = 64) -> Path:
+    """n samples of the reverse process (x_T ~ pi with a generator seeded by `seed`, every step including the
+    fixed last one) next to the first n training images, both mapped back to raw pixel values
+    (x * scale + shift, clipped to [0, 1]); grey for one channel, RGB for three."""
+    diffusion, net = module.diffusion, module.net
+    shape = tuple(dm.data_shape)
+    g = torch.Generator(device=module.device).manual_seed(seed)
+    with torch.no_grad():
+        x0, _ = diffusion.sample(net, (n, *shape), g, module.device)
+    panels = {f"samples (seed {seed})": dm.denormalize(x0.float().cpu()),
+              "training images": dm.denormalize(dm.splits["train"][:n])}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
+    for ax, (title, images) in zip(axes, panels.items()):
+        grid = tile(images.clamp(0, 1))
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+    fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion, T = {diffusion.T}")
+    return save(fig, path)

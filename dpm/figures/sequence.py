@@ -1,0 +1,55 @@
+"""Binary sequences (the heartbeat): training data beside model samples, and the forward and reverse chains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dpm.data.heartbeat import pattern_index
+from dpm.figures.save import plt, save
+
+
+@torch.no_grad()
+def forward_trajectory(diffusion, x0: torch.Tensor, times: list[int], generator: torch.Generator | None = None
+                       ) -> dict[int, torch.Tensor]:
+    """One run of the forward chain x_t ~ q(x_t | x_{t-1}) for t = 1..T from x0 [N, *D], keeping x_t at `times`."""
+    x, kept = x0, {0: x0} if 0 in times else {}
+    for step in range(1, diffusion.T + 1):
+        t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
+        x = diffusion.draw(diffusion.forward_kernel(x, t), generator)
+        if step in times:
+            kept[step] = x
+    return kept
+
+
+def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 20, n_times: int = 21) -> Path:
+    """Four panels: training sequences; samples of the model (titled with the fraction of the n samples that are
+    one of the training patterns); one forward trajectory x_0 -> x_T; one reverse trajectory x_T -> x_0.
+    Rows are sequences (or times), columns are bins; black is 1."""
+    diffusion, net, T = module.diffusion, module.net, module.diffusion.T
+    times = sorted({round(T * k / (n_times - 1)) for k in range(n_times)})
+    g = torch.Generator(device=module.device).manual_seed(seed)
+    train = dm.splits["train"][:n_show].to(module.device)
+    with torch.no_grad():
+        samples, reverse = diffusion.sample(net, (n, *dm.data_shape), g, module.device, keep=tuple(times))
+        forward = forward_trajectory(diffusion, train[:1], times, g)
+    valid = (pattern_index(samples.cpu(), dm.length, dm.period) >= 0).float().mean().item()
+    panels = [
+        (train.cpu(), "training sequences", "example"),
+        (samples[:n_show].cpu(), f"samples ({100 * valid:.1f}% of {n} are training patterns)", "sample"),
+        (torch.cat([forward[t] for t in times]).cpu(), "forward diffusion of one sequence", "t"),
+        (torch.cat([reverse[t][:1] for t in reversed(times)]).cpu(), "reverse diffusion of one sample", "t"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 5))
+    for ax, (image, title, ylabel) in zip(axes, panels):
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("bin")
+        ax.set_ylabel(ylabel)
+        if ylabel == "t":
+            ticks = list(range(0, len(times), max(1, len(times) // 5)))
+            labels = times if "forward" in title else list(reversed(times))
+            ax.set_yticks(ticks, [str(labels[i]) for i in ticks])
+    fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion towards B({diffusion.p:g}), T = {T}")
+    return save(fig, path)
