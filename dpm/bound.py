@@ -17,16 +17,27 @@ ESTIMATORS = ("exact", "mc")
 LN2 = math.log(2.0)
 
 
+def strata_edges(T: int, n_t: int) -> list[int]:
+    """Edges 0 = e_0 < ... < e_n = T - 1 of n_t contiguous strata over the offsets t - 2 in 0..T-2, spaced
+    geometrically: the KL terms are largest at small t (a trained image model has a quarter of its bound in
+    t = 2 alone), so narrow strata there keep the estimator's variance, and its tail, small."""
+    edges = [0]
+    for k in range(1, n_t):
+        e = max(edges[-1] + 1, round(T ** (k / n_t)) - 1)
+        edges.append(min(e, T - 1 - (n_t - k)))
+    return edges + [T - 1]
+
+
 def stratified_t(n: int, T: int, n_t: int, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """n_t times per example, one uniform draw from each of n_t contiguous strata of {2..T}.
+    """n_t times per example, one uniform draw from each of the n_t strata of {2..T} (strata_edges).
 
     Returns t [n_t, n] (long) and the strata sizes w [n_t] (float), so that sum_k w_k KL_{t_k} is an unbiased
-    estimate of sum_{t=2..T} KL_t.
+    estimate of sum_{t=2..T} KL_t whatever the strata.
     """
     if not 1 <= n_t <= T - 1:
         raise ValueError(f"n_t={n_t} is invalid: between 1 and T - 1 = {T - 1} draws of t per example")
-    edges = torch.linspace(0, T - 1, n_t + 1).round().long().tolist()  # strata over offsets 0..T-2
+    edges = strata_edges(T, n_t)
     u = torch.rand(n_t, n, generator=generator, device=generator.device if generator is not None else "cpu")
     lo = torch.tensor(edges[:-1], device=u.device)[:, None]
     size = torch.tensor(edges[1:], device=u.device)[:, None] - lo

@@ -76,6 +76,8 @@ def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, float]:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_children(cfg.get("callbacks")),
                                      logger=_children(cfg.get("logger")) or False)
+    for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
+        logger.log_hyperparams(module.run_config)
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     finally:

@@ -42,3 +42,15 @@ def test_multirun_sweep_over_schedules(tmp_path):
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     for job in range(4):
         assert (tmp_path / str(job) / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_logger_offline(tmp_path):
+    import os
+
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    out = subprocess.run([sys.executable, "train.py", "logger=wandb", *TINY, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
