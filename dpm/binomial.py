@@ -1,7 +1,11 @@
 """Binomial diffusion (paper Table App.1, PAPER.md 1.3 and 2.4) over binary data.
 
 pi = B(p) independently per bit; q(x_t | x_{t-1}) = B(x_{t-1}(1 - beta_t) + p beta_t). A Bernoulli travels
-as the 1-tuple (probability of a 1,) with shape [N, *D].
+as the 1-tuple (probability of a 1,) with shape [N, *D]. With the binomial schedule beta_t = (T - t + 1)^-1
+(dpm.schedules) alpha_bar_T = 0, so x_T ~ pi whatever x0. The bound K (dpm.diffusion, dpm.bound) takes from
+here the Bernoulli KL, the entropies and the prior terms; its fixed last step contributes
+E[log pi(x0) - log pi(x1) | x0], which vanishes only for sequences whose mean activity is p (the paper's
+heartbeat: p = 0.2, PAPER.md 1.3 and 7.2).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import math
 
 import torch
 
-from dpm.diffusion import Diffusion, Params, at
+from dpm.diffusion import Diffusion, at
 from dpm.schedules import Schedule
 
 EPS = 1e-6  # keeps logits finite where a kernel probability is exactly 0 or 1 (beta_T = 1)
@@ -37,18 +41,20 @@ class BinomialDiffusion(Diffusion):
 
     def __init__(self, schedule: Schedule, p: float = 0.5) -> None:
         super().__init__(schedule)
-        if not 0.0 < float(p) < 1.0:
-            raise ValueError(f"diffusion.p={p} is invalid: the Bernoulli prior's probability must lie in (0, 1)")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < float(p) < 1.0:
+            raise ValueError(f"diffusion.p={p!r} is invalid: the Bernoulli prior's probability must be a number "
+                             "strictly between 0 and 1 (the heartbeat uses its data's mean activity, 0.2)")
         self.p = float(p)
 
     def check_data(self, x0):
+        """Binomial diffusion models bits: every value of x0 must be 0 or 1."""
         if not bool(((x0 == 0) | (x0 == 1)).all()):
             bad = x0[(x0 != 0) & (x0 != 1)].flatten()[:3].tolist()
             raise ValueError(f"binomial diffusion needs binary data (0 or 1); got values such as {bad}. "
                              "Use diffusion=gaussian for real-valued data.")
 
     def marginal(self, x0, t):
-        """q(x_t = 1 | x_0) = x0 alpha_bar_t + p (1 - alpha_bar_t)."""
+        """q(x_t = 1 | x_0) = x0 alpha_bar_t + p (1 - alpha_bar_t), t in 1..T."""
         ab = at(self.alpha_bar(), t, x0)
         return (x0 * ab + self.p * (1 - ab),)
 
@@ -56,8 +62,8 @@ class BinomialDiffusion(Diffusion):
         return torch.bernoulli(self.marginal(x0, t)[0], generator=generator)
 
     def q_posterior(self, x0, xt, t):
-        """q(x_{t-1} = 1 | x_t, x_0) by Bayes over the two states of x_{t-1}:
-        q(x_t | x_{t-1}) q(x_{t-1} | x0), normalised."""
+        """q(x_{t-1} = 1 | x_t, x_0) for t in 2..T, by Bayes over the two states of x_{t-1}:
+        q(x_t | x_{t-1}) q(x_{t-1} | x0), normalised. Strictly inside (0, 1) for 0 < beta_t and p in (0, 1)."""
         beta = at(self.beta(), t, xt)
         m = self.marginal(x0, t - 1)[0]
         on1 = 1 - beta + self.p * beta  # q(x_t = 1 | x_{t-1} = 1)
@@ -67,8 +73,12 @@ class BinomialDiffusion(Diffusion):
         return (lik1 * m / (lik1 * m + lik0 * (1 - m)),)
 
     def p_params(self, out, xt, t):
+        """p(x_{t-1} = 1 | x_t) = sigmoid(logit(x_t (1 - beta_t) + p beta_t) + z), z = out[:, 0] [N, *D].
+
+        Clamped to [EPS, 1 - EPS] here rather than only inside the KL, so the model the bound is computed for is
+        the one the sampler draws from."""
         fwd = self.forward_kernel(xt, t)[0].clamp(EPS, 1 - EPS)
-        return (torch.sigmoid(torch.logit(fwd) + out[:, 0]),)
+        return (torch.sigmoid(torch.logit(fwd) + out[:, 0]).clamp(EPS, 1 - EPS),)
 
     def forward_kernel(self, x, t):
         beta = at(self.beta(), t, x)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from dpm.data.heartbeat import pattern_index
 from dpm.figures.save import plt, save
@@ -47,9 +48,11 @@ def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("bin")
         ax.set_ylabel(ylabel)
-        if ylabel == "t":
+        if ylabel == "t":  # rows are the kept times, x_0 first (forward) or x_T first (reverse)
             ticks = list(range(0, len(times), max(1, len(times) // 5)))
             labels = times if "forward" in title else list(reversed(times))
             ax.set_yticks(ticks, [str(labels[i]) for i in ticks])
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion towards B({diffusion.p:g}), T = {T}")
     return save(fig, path)
