@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from hydra.errors import InstantiationException, MissingConfigException
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 from dpm.run import evaluate, load_checkpoint, train
 from tests.conftest import compose

@@ -6,9 +6,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dpm.data.images import ImageDataModule, check_count, disjoint_subsets, missing_files
+from dpm.data.images import PooledImageDataModule, missing_files
 
 FOLDER = "cifar-10-batches-py"
 FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
@@ -41,7 +40,7 @@ def read_batch(path: Path) -> np.ndarray:
     return data.reshape(-1, 3, 32, 32)
 
 
-class CIFAR10DataModule(ImageDataModule):
+class CIFAR10DataModule(PooledImageDataModule):
     """CIFAR-10 [3, 32, 32]. Files: data_dir/cifar-10-batches-py/{data_batch_1..5, test_batch} (the
     python version, torchvision's layout; data_dir itself is also searched). download=true fetches the
     archive with torchvision when they are missing (prepare_data, once per node).
@@ -57,11 +56,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     def __init__(self, download: bool = True, n_train: int | None = None, n_val: int = 5000,
                  n_test: int | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.download = bool(download)
-        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
-                       "n_train": check_count("n_train", n_train)}
-        self.n_test = check_count("n_test", n_test)
+        super().__init__(download, n_train, n_val, n_test, **kwargs)
 
     def candidates(self) -> list[Path]:
         return [self.data_dir / FOLDER, self.data_dir]
@@ -83,14 +78,8 @@ class CIFAR10DataModule(ImageDataModule):
             raise missing_files("CIFAR-10", self.candidates(), FILES["train"] + FILES["test"],
                                 f"{type(err).__name__}: {err}") from err
 
-    def pool(self, pool: str) -> np.ndarray:
+    def pool(self, name: str) -> np.ndarray:
         folder = self.find()
         if folder is None:
             raise missing_files("CIFAR-10", self.candidates(), FILES["train"] + FILES["test"])
-        return np.concatenate([read_batch(folder / name) for name in FILES[pool]])
-
-    def make_split(self, split: str) -> torch.Tensor:
-        if split == "test":
-            return self.to_raw(self.pool("test")[: self.n_test])
-        train = self.pool("train")
-        return self.to_raw(train[disjoint_subsets(len(train), self.counts, self.seed)[f"n_{split}"].numpy()])
+        return np.concatenate([read_batch(folder / f) for f in FILES[name]])

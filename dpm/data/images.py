@@ -169,3 +169,27 @@ class ImageDataModule(DataModule):
         """Facts eval.json records beside the numbers: which dequantisation produced them, and the scale."""
         return {"dequantization": self.dequantization, "dequantization_width": self.dequantization_width,
                 "n_levels": self.n_levels, "scale": self.scale, "shift": float(self.shift)}
+
+
+class PooledImageDataModule(ImageDataModule):
+    """An image set published as a training pool and a test pool (MNIST, CIFAR-10): val and train are disjoint
+    fixed-seed subsets of the training pool (n_val of it, then n_train of the rest; null: all the rest), test
+    the first n_test of the test pool (null: all). download=true fetches missing files in prepare_data.
+    Subclasses implement pool(name) -> uint8 [N, C, H, W] for name "train" or "test"."""
+
+    def __init__(self, download: bool = True, n_train: int | None = None, n_val: int = 5000,
+                 n_test: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.download = bool(download)
+        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
+                       "n_train": check_count("n_train", n_train)}
+        self.n_test = check_count("n_test", n_test)
+
+    def pool(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def make_split(self, split: str) -> torch.Tensor:
+        if split == "test":
+            return self.to_raw(self.pool("test")[: self.n_test])
+        train = self.pool("train")
+        return self.to_raw(train[disjoint_subsets(len(train), self.counts, self.seed)[f"n_{split}"].numpy()])

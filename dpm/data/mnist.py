@@ -7,9 +7,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dpm.data.images import ImageDataModule, check_count, disjoint_subsets, missing_files
+from dpm.data.images import PooledImageDataModule, missing_files
 
 FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 
@@ -30,7 +29,7 @@ def read_idx_images(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=16).reshape(n, rows, cols)
 
 
-class MNISTDataModule(ImageDataModule):
+class MNISTDataModule(PooledImageDataModule):
     """MNIST [1, 28, 28]. Files: data_dir/MNIST/raw/{train,t10k}-images-idx3-ubyte[.gz] (torchvision's
     layout; data_dir/raw/ and data_dir/ itself are also searched). download=true fetches them with
     torchvision when they are missing (prepare_data, once per node).
@@ -44,11 +43,7 @@ class MNISTDataModule(ImageDataModule):
 
     def __init__(self, download: bool = True, n_train: int | None = None, n_val: int = 10000,
                  n_test: int | None = None, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.download = bool(download)
-        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
-                       "n_train": check_count("n_train", n_train)}
-        self.n_test = check_count("n_test", n_test)
+        super().__init__(download, n_train, n_val, n_test, **kwargs)
 
     def candidates(self) -> list[Path]:
         return [self.data_dir / "MNIST" / "raw", self.data_dir / "raw", self.data_dir]
@@ -72,16 +67,8 @@ class MNISTDataModule(ImageDataModule):
             raise missing_files("MNIST", self.candidates(), [f + "[.gz]" for f in FILES.values()],
                                 f"{type(err).__name__}: {err}") from err
 
-    def pool(self, pool: str) -> np.ndarray:
-        path = self.find(pool)
+    def pool(self, name: str) -> np.ndarray:
+        path = self.find(name)
         if path is None:
             raise missing_files("MNIST", self.candidates(), [f + "[.gz]" for f in FILES.values()])
-        return read_idx_images(path)
-
-    def make_split(self, split: str) -> torch.Tensor:
-        if split == "test":
-            images = self.pool("test")[: self.n_test]
-        else:
-            train = self.pool("train")
-            images = train[disjoint_subsets(len(train), self.counts, self.seed)[f"n_{split}"].numpy()]
-        return self.to_raw(images)[:, None]
+        return read_idx_images(path)[:, None]
