@@ -62,8 +62,7 @@ class GaussianDiffusion(Diffusion):
         """q(x_{t-1} | x_t, x_0) = N(mu_post, var_post) for t >= 2, the product of two Gaussians (PAPER.md 1.2):
         var_post = beta_t (1 - ab_{t-1}) / (1 - ab_t),
         mu_post = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) xt."""
-        beta = self.beta()
-        ab = torch.cumprod(1.0 - beta, 0)
+        beta, ab = self.beta(), self.alpha_bar()
         ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
         one_m_ab = 1.0 - ab
         c0 = ab_prev.sqrt() * beta / one_m_ab

@@ -87,15 +87,11 @@ class DiffusionModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # Every validation draws the same t, noise and dequantisation noise (a smoother val/K curve), and
         # leaves the training streams untouched, so a resumed run continues exactly as an uninterrupted one.
-        self._rng_outside_validation = (torch.get_rng_state(),
-                                        torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+        self._rng_outside_validation = rng_states()
         torch.manual_seed(self.val_seed + self.global_rank)
 
     def on_validation_epoch_end(self) -> None:
-        cpu, cuda = self._rng_outside_validation
-        torch.set_rng_state(cpu)
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+        set_rng_states(self._rng_outside_validation)
 
     def validation_step(self, x0: torch.Tensor, batch_idx: int) -> None:
         K, L_null = self.bound(x0, "mc", self.val_n_t)
@@ -114,15 +110,24 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dpm_config"] = self.run_config
         # t and the forward noise come from torch's global generators: resume continues their streams
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # torch.compile'd networks save their weights under net._orig_mod.*
         checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
         rng = checkpoint.get("rng_states")
         if rng is not None and self._trainer is not None:  # resuming a fit, not a plain load
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+            set_rng_states(rng)
 
+
+def rng_states() -> dict:
+    """torch's global CPU and CUDA generator states, where t and the forward noise are drawn from."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore rng_states(); CUDA states only on a machine with the same number of GPUs."""
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -62,18 +62,17 @@ def _children(node: DictConfig | None) -> list:
 def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, float]:
     """Fit the model of cfg, writing checkpoints, logs, figures and the resolved config into out_dir."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.out_dir = str(out_dir)
-    check_config(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} (to resume from) is not a file")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    dm, module = build(cfg)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    dm, module = build(cfg)  # checks the config before anything is written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(module.run_config, out_dir / "config.yaml")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_children(cfg.get("callbacks")),
                                      logger=_children(cfg.get("logger")) or False)
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)

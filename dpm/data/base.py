@@ -3,6 +3,8 @@ split across devices, a normalisation fitted on the training split and kept in t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import lightning as L
 from torch.utils.data import DataLoader, Sampler, TensorDataset
@@ -73,11 +75,24 @@ class DataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """(shift, scale) from the raw training split [N, *D]: by default one global mean and one global scalar,
-        so the data has zero mean and unit variance (PAPER.md 5.5, on the whole split rather than a minibatch).
-        shift broadcasts against [*D]."""
-        shift = train.mean()
-        return shift, (train - shift).pow(2).mean().sqrt().item()
+        """(shift, scale) from the raw training split [N, *D]: by default one global mean and one global scalar
+        std, so the data has zero mean and unit variance (PAPER.md 5.5, on the whole split rather than one
+        minibatch), summed in float64 in chunks so large sets stay exact. shift broadcasts against [*D]."""
+        n = train.numel()
+        mean = sum(chunk.double().sum().item() for chunk in train.split(4096)) / n
+        std = math.sqrt(sum((chunk.double() - mean).pow(2).sum().item() for chunk in train.split(4096)) / n)
+        if std == 0:
+            raise ValueError(f"dataset {self.name}: the training split is constant, so it cannot be scaled to "
+                             "unit variance")
+        return torch.tensor(mean, dtype=torch.float32), std
+
+    @staticmethod
+    def check_sizes(**sizes: int) -> dict[str, int]:
+        """{"train": n_train, ...} from the split sizes a config gives as n_train=..., each at least 2."""
+        for key, value in sizes.items():
+            if int(value) < 2:
+                raise ValueError(f"dataset.{key}={value} is invalid: a split needs at least 2 examples")
+        return {key.removeprefix("n_"): int(value) for key, value in sizes.items()}
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.shift) / self.scale

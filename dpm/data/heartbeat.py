@@ -40,13 +40,10 @@ class HeartbeatDataModule(DataModule):
     def __init__(self, n_train: int = 10000, n_val: int = 1000, n_test: int = 2000, length: int = 20,
                  period: int = 5, **kwargs) -> None:
         super().__init__(**kwargs)
-        for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-            if int(value) < 2:
-                raise ValueError(f"dataset.{key}={value} is invalid: a split needs at least 2 examples")
         if int(period) < 1 or int(length) < 1 or int(length) % int(period) != 0:
             raise ValueError(f"dataset.length={length}, dataset.period={period} are invalid: length must be a "
                              "positive multiple of period (so every phase has the same mean activity 1/period)")
-        self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
+        self.sizes = self.check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
         self.length, self.period = int(length), int(period)
 
     @property

@@ -97,20 +97,6 @@ class ImageDataModule(DataModule):
         """Integer levels 0..n_levels-1 (any shape, e.g. uint8 [N, C, H, W]) -> raw float32 values in [0, 1]."""
         return torch.from_numpy(np.array(levels, dtype=np.float32)) / (self.n_levels - 1)
 
-    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One global mean and one global scalar std over the whole training split [N, C, H, W] (PAPER.md
-        5.5, without its one-minibatch shortcut), summed in float64 in chunks so large sets stay exact."""
-        total, n = 0.0, train.numel()
-        for chunk in train.split(4096):
-            total += chunk.double().sum().item()
-        mean = total / n
-        sq = sum((chunk.double() - mean).pow(2).sum().item() for chunk in train.split(4096))
-        std = math.sqrt(sq / n)
-        if std == 0:
-            raise ValueError(f"dataset {self.name}: the training split is constant, so it cannot be scaled to "
-                             "unit variance")
-        return torch.tensor(mean, dtype=torch.float32), std
-
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised x -> raw units y = x * scale + shift (not clamped)."""
         return x * self.scale + self.shift.to(x.device)

@@ -21,12 +21,9 @@ class SwissRollDataModule(DataModule):
     def __init__(self, n_train: int = 10000, n_val: int = 2000, n_test: int = 10000, noise: float = 0.0,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        for key, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
-            if int(value) < 2:
-                raise ValueError(f"dataset.{key}={value} is invalid: a split needs at least 2 examples")
         if float(noise) < 0:
             raise ValueError(f"dataset.noise={noise} is invalid: must be >= 0")
-        self.sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
+        self.sizes = self.check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
         self.noise = float(noise)
 
     def make_split(self, split: str) -> torch.Tensor:
