@@ -8,6 +8,7 @@ stratum this is the training estimator (T - 1) KL_t for t ~ U{2..T}, drawn per e
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -46,8 +47,11 @@ def stratified_t(n: int, T: int, n_t: int, generator: torch.Generator | None = N
 
 
 def kl_sum(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "exact", n_t: int = 1,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """sum_{t=2..T} KL_t per example [N] (nats): term by term (`exact`) or by stratified Monte Carlo (`mc`)."""
+           generator: torch.Generator | None = None, on_terms: Callable[[int], None] | None = None) -> torch.Tensor:
+    """sum_{t=2..T} KL_t per example [N] (nats): term by term (`exact`) or by stratified Monte Carlo (`mc`).
+
+    on_terms(k) is told each time k more example-terms are done (N per t for `exact`, N * n_t for `mc`).
+    """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     n, T = x0.shape[0], diffusion.T
@@ -56,17 +60,22 @@ def kl_sum(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "e
         for step in range(2, T + 1):
             t = torch.full((n,), step, device=x0.device, dtype=torch.long)
             total = total + diffusion.kl_term(net, x0, t, generator)
+            if on_terms is not None:
+                on_terms(n)
         return total
     t, w = stratified_t(n, T, n_t, generator, x0.device)
     # every stratum in one network call: the batch repeated n_t times
     kl = diffusion.kl_term(net, x0.repeat(n_t, *([1] * (x0.dim() - 1))), t.flatten(), generator)
+    if on_terms is not None:
+        on_terms(n * n_t)
     return (kl.view(n_t, n) * w[:, None]).sum(0)
 
 
 def K_per_example(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "exact", n_t: int = 1,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | None = None,
+                  on_terms: Callable[[int], None] | None = None) -> torch.Tensor:
     """K_i (Eq. 14 with its constant terms exact, see Diffusion.bound_const) per example, [N] nats."""
-    return diffusion.bound_const(x0) - kl_sum(diffusion, net, x0, estimator, n_t, generator)
+    return diffusion.bound_const(x0) - kl_sum(diffusion, net, x0, estimator, n_t, generator, on_terms)
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:

@@ -136,11 +136,13 @@ class Diffusion(nn.Module):
     # ---- sampling -----------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, net: Net, shape: tuple[int, ...], generator: torch.Generator | None = None,
-               device: torch.device | str = "cpu", keep: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+               device: torch.device | str = "cpu", keep: tuple[int, ...] = (),
+               on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Ancestral sampling x_T ~ pi, x_{t-1} ~ p(x_{t-1}|x_t) for t = T..2, then the fixed p(x_0|x_1).
 
         Unlike the released sampler, the final fixed step is applied (PAPER.md 6.3). Returns x0 [N, *D] and
-        the states x_t for every t in `keep` (t = T..0).
+        the states x_t for every t in `keep` (t = T..0). on_step(1) is called after each of the T steps
+        (a dpm.progress.Progress's update).
         """
         x = self.prior_sample(shape, generator, device)
         kept = {self.T: x} if self.T in keep else {}
@@ -155,4 +157,6 @@ class Diffusion(nn.Module):
             x = self.draw(p, generator)
             if step - 1 in keep:
                 kept[step - 1] = x
+            if on_step is not None:
+                on_step(1)
         return x, kept

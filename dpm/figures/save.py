@@ -1,4 +1,4 @@
-"""Writing a matplotlib figure to a PNG (headless: the Agg backend)."""
+"""Writing a matplotlib figure to a PNG (headless: the Agg backend), atomically (dpm.files)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ from pathlib import Path
 
 import matplotlib
 
+from dpm.files import write_atomic
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig, path: Path) -> Path:
-    """Save fig as a PNG at path (parents created), close it, return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    """Save fig as a PNG at path (parents created; a temporary file renamed), close it, return the path."""
+    try:
+        fig.tight_layout()
+        return write_atomic(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

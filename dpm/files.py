@@ -1,0 +1,40 @@
+"""Writing results so that a reader never sees half a file: a temporary file in the same directory, renamed.
+
+A failed write (a full disk, a read-only folder) removes its temporary file and raises the original error once,
+so no empty or truncated eval.json, config.yaml, figure or checkpoint is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, IO
+
+
+def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call write(f) on a temporary binary file beside path, then rename it to path (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomic write of a UTF-8 text file."""
+    return write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path: str | Path, obj: object) -> Path:
+    """Atomic write of obj as indented JSON."""
+    return write_text(path, json.dumps(obj, indent=2) + "\n")
