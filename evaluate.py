@@ -1,15 +1,18 @@
 """Evaluate a checkpoint: python evaluate.py ckpt_path=PATH [task=bound|sample] [hydra.run.dir=DIR]."""
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from dpm.cli import main as run_command
 from dpm.run import evaluate
+from dpm.rundir import eval_dir
+
+OmegaConf.register_new_resolver("dpm_eval_dir", eval_dir, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg, HydraConfig.get().runtime.output_dir)
+    run_command(evaluate, cfg, "evaluate")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dpm.figures import draw
@@ -38,19 +38,33 @@ class SampleFigure(L.Callback):
 
 
 class LastCheckpoint(L.Callback):
-    """Keeps <dirpath>/last.ckpt current where ModelCheckpoint (which saves at validations) would leave it stale:
-    at the end of training, and on Ctrl-C or SIGTERM, so a run can always be resumed with ckpt_path=.../last.ckpt.
-    Any other exception writes <dirpath>/crash.ckpt instead, leaving the last good last.ckpt in place."""
+    """Keeps <dirpath>/last.ckpt current: after every validation (ModelCheckpoint's save_last writes it only when
+    a new best is saved), at the end of training, and on Ctrl-C or SIGTERM, so a run can always be resumed with
+    ckpt_path=.../last.ckpt. Any other exception writes <dirpath>/crash.ckpt instead, leaving the last good
+    last.ckpt in place."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
+        self._saved_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
+        self._saved_step = trainer.global_step
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        saved = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "save_last", False)
-                 and getattr(cb, "_last_global_step_saved", -1) == trainer.global_step]
-        if not saved:  # a checkpoint written after the loops end would resume one epoch late
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+        if self._saved_step != trainer.global_step:  # not again: a later save would resume one epoch late
+            self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
-        trainer.save_checkpoint(self.dirpath / ("last.ckpt" if interrupted else "crash.ckpt"))
+        trainer.dpm_stopped_by_signal = interrupted  # read by dpm.run to choose the exit code
+        if isinstance(exception, OSError):
+            return  # the disk or folder failed: another write would hide the original error behind a second one
+        try:
+            trainer.save_checkpoint(self.dirpath / ("last.ckpt" if interrupted else "crash.ckpt"), weights_only=False)
+        except Exception as err:  # keep the original error the one the user sees
+            rank_zero_warn(f"could not write a checkpoint after {type(exception).__name__}: {err}")

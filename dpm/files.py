@@ -13,8 +13,15 @@ from pathlib import Path
 from typing import Callable, IO
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call write(f) on a temporary binary file beside path, then rename it to path (atomic on POSIX)."""
+    """Call write(f) on a temporary binary file beside path, then rename it to path (atomic on POSIX).
+    The file gets the permissions a plain open() would give it (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,6 +30,7 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,11 @@ from torchmetrics import MeanMetric
 
 from dpm.bound import LN2, K_per_example
 from dpm.diffusion import Diffusion
+from dpm.resume import patch_optimizer_state
+
+
+class NonFiniteStop(RuntimeError):
+    """max_nonfinite non-finite losses or gradients in a row."""
 
 
 class DiffusionModule(L.LightningModule):
@@ -50,9 +55,10 @@ class DiffusionModule(L.LightningModule):
         """Per-example nats [N] -> the reporting unit (bits, bits/seq or bits/pixel)."""
         return nats / (LN2 * self.units_per_example)
 
-    def bound(self, x0: torch.Tensor, estimator: str, n_t: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, L_null) per example in the reporting unit, [N] each."""
-        K = K_per_example(self.diffusion, self.net, x0, estimator, n_t)
+    def bound(self, x0: torch.Tensor, estimator: str, n_t: int = 1,
+              on_terms: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, L_null) per example in the reporting unit, [N] each; on_terms reports progress (dpm.bound.kl_sum)."""
+        K = K_per_example(self.diffusion, self.net, x0, estimator, n_t, on_terms=on_terms)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
 
     def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
@@ -80,9 +86,9 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_total += 1
         self.log("train/nonfinite_skipped", float(self.nonfinite_total))
         if self.nonfinite_in_a_row >= self.max_nonfinite:
-            raise RuntimeError(f"{self.nonfinite_in_a_row} non-finite {what} values in a row at step "
-                               f"{self.global_step}; stopping. checkpoints/last.ckpt holds the weights of the last "
-                               "validation. Try a lower optimizer.lr or trainer.precision=32-true.")
+            raise NonFiniteStop(f"{self.nonfinite_in_a_row} non-finite {what} values in a row at step "
+                                f"{self.global_step}; stopping (each was skipped, so the weights are finite). Try a "
+                                "lower optimizer.lr or trainer.precision=32-true.")
 
     def on_validation_epoch_start(self) -> None:
         # Every validation draws the same t, noise and dequantisation noise (a smoother val/K curve), and
@@ -115,9 +121,15 @@ class DiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # torch.compile'd networks save their weights under net._orig_mod.*
         checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
+        if self._trainer is None:  # a plain load (evaluate.py), not a resumed fit
+            return
         rng = checkpoint.get("rng_states")
-        if rng is not None and self._trainer is not None:  # resuming a fit, not a plain load
+        if rng is not None:
             set_rng_states(rng)
+        # The command's optimizer settings win over the saved ones (dpm.resume): Lightning restores the
+        # optimizer and scheduler states from this dict after this hook.
+        patch_optimizer_state(checkpoint, self.run_config.get("optimizer", {}))
+        checkpoint["dpm_config"] = self.run_config
 
 
 def rng_states() -> dict:

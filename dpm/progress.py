@@ -22,7 +22,7 @@ from tqdm import tqdm
 def format_duration(seconds: float) -> str:
     """'42 s', '7 min', '1 h 05 min': the precision a time estimate deserves."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{max(1, round(seconds))} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
@@ -64,11 +64,12 @@ class Progress:
         self.n, self.postfix = 0, ""
         self.start = time.perf_counter()
         self._bar = None
-        self._last_line_time, self._last_line_percent = self.start, 0.0
+        self._last_line_time, self._last_line_percent, self._last_line = self.start, 0.0, ""
+        self.unit_scale = self.total >= 10_000
         interactive = hasattr(self.file, "isatty") and self.file.isatty()
         if enabled and interactive:
             self._bar = tqdm(total=self.total, desc=desc, unit=unit, file=self.file, dynamic_ncols=True,
-                             unit_scale=True, mininterval=0.5, leave=True)
+                             unit_scale=self.unit_scale, mininterval=0.5, leave=True)
 
     def update(self, n: int = 1, **postfix: object) -> None:
         self.n += n
@@ -81,6 +82,8 @@ class Progress:
                 self._bar.set_postfix_str(self.postfix, refresh=False)
             self._bar.update(n)
             return
+        if n == 0:
+            return  # a new postfix alone: shown with the next line, or the last one at close()
         now = time.perf_counter()
         percent = 100.0 * self.n / max(self.total, 1)
         if (percent - self._last_line_percent >= self.every_percent or now - self._last_line_time >= self.every_s
@@ -89,14 +92,18 @@ class Progress:
             self._last_line_time, self._last_line_percent = now, percent
 
     def _line(self, now: float) -> None:
+        self._last_line = (self.n, self.postfix)
         meter = tqdm.format_meter(self.n, self.total, now - self.start, prefix=self.desc, unit=self.unit,
-                                  unit_scale=True, postfix=self.postfix or None, ncols=0)
+                                  unit_scale=self.unit_scale, postfix=self.postfix or None, ncols=0)
         print(meter, file=self.file, flush=True)
 
     def close(self) -> None:
+        """End the display; off a terminal, a last line if the work (or its postfix) moved since the last one."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        elif self.enabled and self.n > 0 and self._last_line != (self.n, self.postfix):
+            self._line(time.perf_counter())
 
     def __enter__(self) -> "Progress":
         return self

@@ -1,40 +1,49 @@
 """train(cfg, out_dir) and evaluate(cfg, out_dir): build everything from a composed config and run it.
 
 No Hydra runtime is needed here (train.py / evaluate.py pass the run directory), so tests call these directly.
+Every check that can fail runs before the first file is written (dpm.checks); a run directory holds one run
+(dpm.rundir); a resumed run applies or refuses each changed setting (dpm.resume).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from dpm.bound import ESTIMATORS, mean_and_stderr
+from dpm.bound import ESTIMATORS
+from dpm.checkpoint import WEIGHTS, AtomicCheckpointIO, checkpoint_config, load_checkpoint, restore
+from dpm.checks import EVAL_RULES, ConfigError, check_ranges, check_train_config
 from dpm.data.base import SPLITS, DataModule
+from dpm.evaluation import bound_over_split, format_table, write_result
 from dpm.figures import draw
-from dpm.module import DiffusionModule
-from dpm.paper import TABLE1
+from dpm.files import write_text
+from dpm.module import DiffusionModule, NonFiniteStop
+from dpm.resume import check_resume
+from dpm.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
 
 TASKS = ("bound", "sample")
-WEIGHTS = ("auto", "raw", "ema")
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Fail before any work on settings that cannot run."""
-    T = cfg.get("T")
-    if not isinstance(T, int) or T < 2:
-        raise ValueError(f"T={T!r} is invalid: the number of diffusion steps must be an integer >= 2")
+class Interrupted(Exception):
+    """Training stopped by SIGINT (exit 130) or SIGTERM (exit 143) after writing last.ckpt."""
+
+    def __init__(self, signal_name: str, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.signal_name, self.exit_code = signal_name, exit_code
+
+
+class RunFailed(RuntimeError):
+    """A run that cannot be called a success (no optimizer step, too many non-finite steps); exit 1."""
 
 
 def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataModule, DiffusionModule]:
     """The data module (set up) and the LightningModule a config describes."""
-    check_config(cfg)
+    check_train_config(cfg)
     dm: DataModule = instantiate(cfg.dataset)
     schedule = instantiate(cfg.schedule, T=cfg.T)
     diffusion = instantiate(cfg.diffusion, schedule=schedule)
@@ -59,140 +68,188 @@ def _children(node: DictConfig | None) -> list:
     return [instantiate(child) for child in (node or {}).values() if child is not None]
 
 
-def train(cfg: DictConfig, out_dir: str | Path) -> dict[str, float]:
-    """Fit the model of cfg, writing checkpoints, logs, figures and the resolved config into out_dir."""
+def _world_size(trainer_cfg: DictConfig) -> int:
+    """How many processes the trainer config asks for (1 where it cannot be told before the Trainer exists)."""
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
+    if isinstance(devices, int) and devices > 0:
+        return devices * nodes
+    if OmegaConf.is_list(devices):
+        return len(devices) * nodes
+    return 1
+
+
+def check_data_fits(cfg: DictConfig, dm: DataModule) -> None:
+    """Each device must get a whole share of the global batch and at least one training batch."""
+    world = _world_size(cfg.trainer)
+    batch, n_train = dm.batch_size, len(dm.splits["train"])
+    if batch % world:
+        raise ConfigError(f"dataset.batch_size={batch} is the global batch and must divide evenly over "
+                          f"trainer.devices x num_nodes = {world} processes (e.g. {batch - batch % world or world}).")
+    if n_train // world < batch // world:
+        raise ConfigError(f"the training split has {n_train} examples: with {world} processes each gets "
+                          f"{n_train // world}, fewer than its batch of {batch // world} (dataset.batch_size={batch}). "
+                          "Use fewer devices, a smaller dataset.batch_size or more training data.")
+
+
+def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
+    """Fit the model of cfg into out_dir (checkpoints, logs, figures, config.yaml), then evaluate it on the test
+    split (eval.json) unless test_at_end is false. Returns the final metrics and the paths written."""
     out_dir = Path(out_dir)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.out_dir = str(out_dir)
+    check_train_config(cfg)
     ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} (to resume from) is not a file")
+    changes = []
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        new = OmegaConf.to_container(cfg, resolve=True)
+        changes = check_resume(ckpt["dpm_config"], new, str(ckpt_path))
+        del ckpt
     if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    dm, module = build(cfg)  # checks the config before anything is written
-    out_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(module.run_config, out_dir / "config.yaml")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm, module = build(cfg)
+    check_data_fits(cfg, dm)
+    rank0 = global_rank_from_env() == 0
+    if rank0:  # the DDP processes Lightning starts later share rank 0's directory
+        claim(out_dir, "training run")
+        check_writable(out_dir / "checkpoints", "hydra.run.dir")
+        if hydra_record:
+            write_hydra_record(out_dir, hydra_record)
+        config = dict(module.run_config)
+        if ckpt_path is not None:
+            config["resumed_from"] = str(ckpt_path)
+            config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
+        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_children(cfg.get("callbacks")),
-                                     logger=_children(cfg.get("logger")) or False)
+                                     logger=_children(cfg.get("logger")) or False, plugins=[AtomicCheckpointIO()])
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
         logger.log_hyperparams(module.run_config)
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return _fit_and_test(cfg, trainer, module, dm, out_dir)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
             import wandb
 
             wandb.finish()  # or every job of a multirun logs into one W&B run
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
 
 
-def load_checkpoint(path: str | Path | None) -> dict:
-    """A dpm checkpoint as a dict, with a clear error for a missing, unreadable or foreign file."""
-    if path is None or str(path) in ("", "???"):
-        raise ValueError("ckpt_path is required: python evaluate.py ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path} is not a file (train.py writes <run dir>/checkpoints/last.ckpt)")
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,
+                  out_dir: Path) -> dict:
+    ckpt_path = cfg.get("ckpt_path")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or non-checkpoint files
-        raise ValueError(f"ckpt_path={path} could not be read as a checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or "dpm_config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"ckpt_path={path} is not a dpm checkpoint (no dpm_config / state_dict in it)")
-    return ckpt
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise Interrupted("SIGTERM", 143, _stopped_message("SIGTERM", out_dir, trainer)) from None
+    except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
+        if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
+            raise Interrupted("SIGINT", 130, _stopped_message("SIGINT", out_dir, trainer)) from None
+        raise exit_
+    except NonFiniteStop as err:
+        raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
+    start_step = 0
+    if ckpt_path is not None:
+        start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step", 0))
+    if trainer.global_step <= start_step:
+        raise RunFailed(f"the run ended after {trainer.global_step - start_step} optimizer steps: trainer.max_steps="
+                        f"{cfg.trainer.max_steps} was already reached{' by the checkpoint' if ckpt_path else ''} "
+                        "or the training split gave no batch. Raise trainer.max_steps.")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    paths = {"run_dir": str(out_dir), "checkpoint": str(out_dir / "checkpoints" / "last.ckpt")}
+    if cfg.get("test_at_end", True) and trainer.is_global_zero:
+        result = test_at_end(cfg, module, dm, out_dir)
+        metrics.update({"test/K": result["K"], "test/K_stderr": result["K_stderr"]})
+        for logger in trainer.loggers:
+            logger.log_metrics({"test/K": result["K"], "test/K_minus_L_null": result["K_minus_L_null"]},
+                               step=trainer.global_step)
+            logger.save()
+        paths["eval"] = str(out_dir / "eval.json")
+    return {**metrics, **paths}
 
 
-def restore(ckpt: dict, weights: str = "auto") -> tuple[DataModule, DiffusionModule, str]:
-    """Rebuild data module and model from a checkpoint; returns them and which weights were loaded."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"weights={weights!r} is unknown; valid choices: {list(WEIGHTS)}")
-    cfg = OmegaConf.create(ckpt["dpm_config"])
-    dm_state = next((v for k, v in ckpt.items() if k.endswith("DataModule")), None)
-    dm, module = build(cfg, dm_state)
-    has_ema = "current_model_state" in ckpt  # Lightning's EMAWeightAveraging keeps the raw weights there
-    if weights == "ema" and not has_ema:
-        raise ValueError("weights=ema but the checkpoint holds no EMA weights (train with callbacks=ema)")
-    use_raw_copy = has_ema and weights == "raw"
-    state = {"state_dict": ckpt["current_model_state"] if use_raw_copy else ckpt["state_dict"]}
-    module.on_load_checkpoint(state)
-    module.load_state_dict(state["state_dict"])
-    return dm, module, "ema" if has_ema and not use_raw_copy else "raw"
-
-
-def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """task=bound: K on a split, written to out_dir/eval.json and printed beside the paper's Table 1.
-    task=sample: a figure of samples with a fixed seed in out_dir."""
-    out_dir = Path(out_dir)
-    if cfg.task not in TASKS:
-        raise ValueError(f"task={cfg.task!r} is unknown; valid choices: {list(TASKS)}")
-    if cfg.estimator not in ESTIMATORS:
-        raise ValueError(f"estimator={cfg.estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
-    if cfg.split not in SPLITS:
-        raise ValueError(f"split={cfg.split!r} is unknown; valid choices: {list(SPLITS)}")
-    ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    dm, module, weights = restore(ckpt, cfg.weights)
-    module.to(device).eval()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.task == "sample":
-        path = draw(module, dm, out_dir / "samples.png", cfg.seed)
-        print(f"wrote {path}")
-        return {"figure": str(path)}
-    return bound(module, dm, cfg, out_dir, weights, device)
-
-
-def bound(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Path, weights: str,
-          device: torch.device) -> dict:
-    torch.manual_seed(cfg.seed)
-    start = time.perf_counter()
-    Ks, L_nulls, seen = [], [], 0
-    with torch.no_grad():
-        for (x0,) in dm.loader(cfg.split, cfg.batch_size):
-            if cfg.limit is not None and seen >= cfg.limit:
-                break
-            x0 = dm.dequantize(x0[: None if cfg.limit is None else cfg.limit - seen].to(device))
-            K, L_null = module.bound(x0, cfg.estimator, cfg.n_t)
-            Ks.append(K.cpu())
-            L_nulls.append(L_null.cpu())
-            seen += len(x0)
-    K, L_null = torch.cat(Ks), torch.cat(L_nulls)
-    K_mean, K_se = mean_and_stderr(K)
-    gain_mean, gain_se = mean_and_stderr(K - L_null)
-    n_dims = math.prod(dm.data_shape)
-    K_bpd = K_mean * dm.units_per_example / n_dims
-    result = {
-        "dataset": dm.name, "diffusion": module.diffusion.kind, "T": module.diffusion.T, "split": cfg.split,
-        "estimator": cfg.estimator, "n_t": cfg.n_t if cfg.estimator == "mc" else module.diffusion.T - 1,
-        "n_examples": int(K.numel()), "K": K_mean, "K_stderr": K_se, "L_null": L_null.double().mean().item(),
-        "K_minus_L_null": gain_mean, "K_minus_L_null_stderr": gain_se, "unit": dm.unit,
-        "K_bits_per_dim": K_bpd, "weights": weights, "seconds": time.perf_counter() - start,
-        "checkpoint": str(cfg.ckpt_path),
-    }
-    nll8 = dm.nll_bits_per_dim_8bit(K_bpd)
-    if nll8 is not None:
-        result["nll_bits_per_dim_8bit"] = nll8
-    result.update(dm.eval_info())
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_dir: Path) -> dict:
+    """The final weights on the test split (exact, or mc with test_n_t draws where T > test_exact_max_T),
+    written to <run>/eval.json through the same code as evaluate.py."""
+    T = module.diffusion.T
+    estimator = "exact" if T <= cfg.get("test_exact_max_T", 200) else "mc"
+    device = module.device
+    module.eval()
+    result = bound_over_split(module, dm, split="test", estimator=estimator, n_t=min(cfg.get("test_n_t", 64), T - 1),
+                              batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
+                              progress=cfg.get("progress", True))
+    result.update(weights=_weights_kind(module), checkpoint=str(out_dir / "checkpoints" / "last.ckpt"))
+    write_result(result, out_dir / "eval.json")
     print(format_table(result))
-    print(f"wrote {out_dir / 'eval.json'}")
     return result
 
 
-def format_table(r: dict) -> str:
-    """The result beside the paper's Table 1 value, as a short text table."""
-    paper = TABLE1.get(r["dataset"], {})
-    ref = lambda key: f"{paper[key]:>10.3f}" if key in paper else f"{'-':>10}"  # noqa: E731
-    lines = [
-        f"{r['dataset']}: {r['diffusion']} diffusion, T={r['T']}, {r['split']} split, {r['estimator']} estimator, "
-        f"{r['n_examples']} examples, {r['weights']} weights, {r['seconds']:.1f} s",
-        f"{'':<16}{'ours':>22}{'paper':>12}   unit",
-        f"{'K':<16}{r['K']:>12.3f} ± {r['K_stderr']:<7.3f}{ref('K'):>12}   {r['unit']}",
-        f"{'K - L_null':<16}{r['K_minus_L_null']:>12.3f} ± {r['K_minus_L_null_stderr']:<7.3f}"
-        f"{ref('K_minus_L_null'):>12}   {r['unit']}",
-        f"{'L_null':<16}{r['L_null']:>12.3f}{'':>22}   {r['unit']}",
-        f"{'K per dim':<16}{r['K_bits_per_dim']:>12.4f}{'':>22}   bits/dim",
-    ]
-    if "nll_bits_per_dim_8bit" in r:
-        lines.append(f"{'NLL 8-bit':<16}{r['nll_bits_per_dim_8bit']:>12.4f}{'':>22}   bits/dim (lower is better)")
-    return "\n".join(lines)
+def _weights_kind(module: DiffusionModule) -> str:
+    trainer = module._trainer
+    uses_ema = trainer is not None and any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
+    return "ema" if uses_ema else "raw"
+
+
+def _last_checkpoint_note(out_dir: Path) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        step = torch.load(last, map_location="cpu", weights_only=True).get("global_step")
+        return f"{last} holds the weights of step {step}."
+    return "No checkpoint was written before the stop (no validation had run)."
+
+
+def _stopped_message(signal_name: str, out_dir: Path, trainer: L.Trainer) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    where = (f"{last} holds step {trainer.global_step}; resume with: python train.py ckpt_path={last}"
+             if last.is_file() else "no checkpoint could be written")
+    return f"stopped by {signal_name} at step {trainer.global_step}: {where}"
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """evaluate.py's own settings, before the checkpoint is read."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task={cfg.task!r} is unknown; valid choices: {list(TASKS)}")
+    if cfg.estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator={cfg.estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r} is unknown; valid choices: {list(SPLITS)}")
+    if cfg.weights not in WEIGHTS:
+        raise ConfigError(f"weights={cfg.weights!r} is unknown; valid choices: {list(WEIGHTS)}")
+    check_ranges(cfg, EVAL_RULES)
+
+
+def eval_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available here; use device=cpu")
+    return device
+
+
+def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
+    """task=bound: K on a split, written to out_dir/eval.json and printed beside the paper's Table 1.
+    task=sample: a figure of samples with a fixed seed in out_dir. out_dir must not hold earlier results."""
+    out_dir = Path(out_dir)
+    check_eval_config(cfg)
+    device = eval_device(cfg.device)
+    ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
+    checkpoint_config(ckpt)
+    dm, module, weights = restore(ckpt, cfg.weights)
+    module.to(device).eval()
+    claim(out_dir, "evaluation")
+    if hydra_record:
+        write_hydra_record(out_dir, hydra_record)
+    if cfg.task == "sample":
+        path = draw(module, dm, out_dir / "samples.png", cfg.seed)
+        return {"figure": str(path)}
+    result = bound_over_split(module, dm, split=cfg.split, estimator=cfg.estimator, n_t=cfg.n_t,
+                              batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed, device=device,
+                              progress=cfg.get("progress", True))
+    result.update(weights=weights, checkpoint=str(cfg.ckpt_path))
+    write_result(result, out_dir / "eval.json")
+    print(format_table(result))
+    return {**result, "eval": str(out_dir / "eval.json")}
+

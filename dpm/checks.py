@@ -1,0 +1,249 @@
+"""Checks of a composed config before anything is built or written: what may be instantiated (a checkpoint is
+data, never code), which keys each constructor takes, and the range of every numeric setting.
+
+Every failure is a ConfigError: one paragraph naming the key, the bad value and what would be valid.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from typing import Any, Callable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A setting that cannot run; the message names the key, the value and what is valid."""
+
+
+# ---- what a config (or a checkpoint's config) may instantiate ------------------------------------------------
+# node -> (allowed module prefixes, required base class path or None for an explicit callable list)
+ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "dataset": (("dpm.data.",), "dpm.data.base.DataModule"),
+    "schedule": (("dpm.schedules.",), "dpm.schedules.Schedule"),
+    "diffusion": (("dpm.gaussian.", "dpm.binomial."), "dpm.diffusion.Diffusion"),
+    "net": (("dpm.nets.",), "torch.nn.Module"),
+    "optimizer": (("torch.optim.",), "torch.optim.Optimizer"),
+    "lr_scheduler": (("dpm.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
+    "trainer": (("lightning.pytorch.",), "lightning.pytorch.Trainer"),
+    "callbacks": (("lightning.pytorch.callbacks.", "dpm.callbacks."), "lightning.pytorch.Callback"),
+    "logger": (("lightning.pytorch.loggers.",), "lightning.pytorch.loggers.Logger"),
+}
+# Plain functions that return an allowed object (a learning-rate schedule).
+ALLOWED_FUNCTIONS = ("dpm.optim.released_lr_decay", "dpm.optim.cosine_to_floor")
+COLLECTIONS = ("callbacks", "logger")  # nodes whose children are each a `_target_` node
+
+
+def _locate(path: str) -> Any:
+    """The object at a dotted path, importing only its module (whose prefix was already allowed)."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(path)
+
+
+def check_targets(cfg: DictConfig | dict, source: str = "the config") -> None:
+    """Refuse any `_target_` outside ALLOWED_TARGETS before anything is instantiated.
+
+    Every `_target_` anywhere in cfg must sit at one of the known nodes (dataset, net, ..., callbacks.<name>,
+    logger.<name>), start with that node's allowed prefixes, and name a subclass of its base (or one of
+    ALLOWED_FUNCTIONS). Nothing outside those packages is imported.
+    """
+    cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    allowed_paths = {}
+    for node, rule in ALLOWED_TARGETS.items():
+        sub = cfg.get(node) if isinstance(cfg, DictConfig) else None
+        if node in COLLECTIONS:
+            for name in (sub or {}):
+                allowed_paths[f"{node}.{name}"] = rule
+        else:
+            allowed_paths[node] = rule
+    for key, target in _find_targets(cfg):
+        rule = allowed_paths.get(key)
+        where = f"{key}._target_={target!r} in {source}"
+        if rule is None:
+            raise ConfigError(f"{where} is refused: only the nodes {sorted(ALLOWED_TARGETS)} may name a _target_.")
+        prefixes, base_path = rule
+        if not isinstance(target, str) or not target.startswith(prefixes):
+            raise ConfigError(f"{where} is refused: {key} may only name classes under {list(prefixes)}.")
+        try:
+            obj = _locate(target)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"{where} does not exist ({type(err).__name__}: {err}).") from None
+        base = _locate(base_path)
+        ok = (inspect.isclass(obj) and issubclass(obj, base)) or (target in ALLOWED_FUNCTIONS and callable(obj))
+        if not ok:
+            raise ConfigError(f"{where} is refused: it is not a {base_path.rsplit('.', 1)[-1]} subclass.")
+
+
+def _find_targets(node: Any, key: str = "") -> list[tuple[str, Any]]:
+    """(dotted key of the node, its _target_) for every node holding a `_target_`, at any depth."""
+    found = []
+    if isinstance(node, DictConfig):
+        items = node.items_ex(resolve=False)
+    elif isinstance(node, ListConfig):
+        items = [(str(i), v) for i, v in enumerate(node)]
+    else:
+        return found
+    for k, v in items:
+        if k == "_target_":
+            found.append((key, v))
+        elif isinstance(v, (DictConfig, ListConfig)):
+            found.extend(_find_targets(v, f"{key}.{k}" if key else str(k)))
+    return found
+
+
+# ---- which keys each constructor takes ---------------------------------------------------------------------------
+def accepted_keys(obj: Any) -> set[str] | None:
+    """The keyword arguments obj (a class or function) accepts, following **kwargs up the class hierarchy;
+    None when they cannot be known (a **kwargs that goes nowhere we can see)."""
+    classes = inspect.getmro(obj) if inspect.isclass(obj) else (obj,)
+    keys: set[str] = set()
+    for cls in classes:
+        fn = cls.__init__ if inspect.isclass(obj) else cls
+        if inspect.isclass(obj) and "__init__" not in vars(cls):
+            continue
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        keys |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return keys
+        if not inspect.isclass(obj) or cls.__module__.split(".")[0] != "dpm":
+            return None  # a library's **kwargs: anything may be valid
+    return None
+
+
+def check_keys(cfg: DictConfig, nodes: tuple[str, ...] = ("dataset", "diffusion", "net", "optimizer",
+                                                           "lr_scheduler")) -> None:
+    """Every key of these `_target_` nodes must be an argument of the target (no silently ignored setting).
+    Arguments that build() passes itself (T, schedule, data_shape, ...) must not be in the node either."""
+    for node in nodes:
+        sub = cfg.get(node)
+        if not isinstance(sub, DictConfig) or "_target_" not in sub:
+            continue
+        keys = accepted_keys(_locate(sub._target_))
+        if keys is None:
+            continue
+        given = {k for k in sub.keys() if not str(k).startswith("_")}
+        unknown = sorted(given - keys)
+        if unknown:
+            name = sub._target_.rsplit(".", 1)[-1]
+            valid = sorted(keys - {"T", "schedule", "data_shape", "n_outputs", "params"})
+            raise ConfigError(f"{node}.{unknown[0]} is not a setting of {node} ({name}); its settings are "
+                              f"{valid}. (Switching the {node} group can leave a key that only the other option "
+                              f"takes: set it to the new option's keys, or drop it with ~{node}.{unknown[0]}.)")
+
+
+# ---- numeric ranges ----------------------------------------------------------------------------------------------
+def _int(lo: int | None = None, hi: int | None = None, allow: tuple = ()) -> Callable[[Any], str | None]:
+    def rule(v: Any) -> str | None:
+        if v in allow:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            return "must be an integer"
+        if lo is not None and v < lo:
+            return f"must be >= {lo}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}"
+        return None
+    return rule
+
+
+def _real(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+          allow: tuple = ()) -> Callable[[Any], str | None]:
+    def rule(v: Any) -> str | None:
+        if v in allow:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return "must be a finite number"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'>' if lo_open else '>='} {lo}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'<' if hi_open else '<='} {hi}"
+        return None
+    return rule
+
+
+PROB = _real(0, 1, lo_open=True, hi_open=True)
+TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
+    "T": _int(2),
+    "seed": _int(0),
+    "val_n_t": _int(1),
+    "dataset.batch_size": _int(1),
+    "dataset.eval_batch_size": _int(1),
+    "dataset.num_workers": _int(0),
+    "dataset.n_train": _int(2, allow=(None,)),
+    "dataset.n_val": _int(2, allow=(None,)),
+    "dataset.n_test": _int(2, allow=(None,)),
+    "dataset.noise": _real(0),
+    "dataset.seed": _int(0),
+    "schedule.beta_1": PROB,
+    "schedule.beta_T": PROB,
+    "schedule.step1_beta": PROB,
+    "schedule.max_beta": PROB,
+    "schedule.s": _real(0, lo_open=True),
+    "schedule.n_basis": _int(1),
+    "diffusion.p": PROB,
+    "optimizer.lr": _real(0, lo_open=True),
+    "optimizer.weight_decay": _real(0),
+    "optimizer.eps": _real(0, lo_open=True),
+    "optimizer.alpha": _real(0, 1),
+    "optimizer.momentum": _real(0),
+    "lr_scheduler.every": _int(1),
+    "lr_scheduler.factor": _real(0, 1, lo_open=True),
+    "lr_scheduler.floor": _real(0),
+    "lr_scheduler.total_steps": _int(1),
+    "lr_scheduler.warmup_steps": _int(0),
+    "trainer.max_steps": _int(1),
+    "trainer.val_check_interval": _real(0, lo_open=True, allow=(None,)),
+    "trainer.log_every_n_steps": _int(1),
+    "trainer.gradient_clip_val": _real(0, lo_open=True, allow=(None,)),
+    "trainer.num_sanity_val_steps": _int(0),
+    "trainer.accumulate_grad_batches": _int(1),
+    "callbacks.ema.decay": _real(0, 1, hi_open=True),
+    "callbacks.figure.every_n_val": _int(0),
+}
+EVAL_RULES: dict[str, Callable[[Any], str | None]] = {
+    "n_t": _int(1),
+    "batch_size": _int(1),
+    "limit": _int(1, allow=(None,)),
+    "seed": _int(0),
+}
+DEVICE_VALUES = "a positive integer, a list of device indices, or 'auto'"
+
+
+def check_ranges(cfg: DictConfig, rules: dict[str, Callable[[Any], str | None]]) -> None:
+    """Apply each rule to its key where the config has it."""
+    for key, rule in rules.items():
+        value = OmegaConf.select(cfg, key, default="__absent__", throw_on_missing=False)
+        if isinstance(value, str) and value == "__absent__":
+            continue
+        problem = rule(value)
+        if problem:
+            raise ConfigError(f"{key}={value!r} is invalid: it {problem}.")
+    if (beta_1 := OmegaConf.select(cfg, "schedule.beta_1")) is not None and beta_1 >= 0.5:
+        raise ConfigError(f"schedule.beta_1={beta_1} is invalid: the first step's variance fixes the last reverse "
+                          "step p(x0|x1); at >= 0.5 it erases most of the data and nothing can be learned. Use a "
+                          "small value (the Swiss roll preset uses 1e-5 or 1e-6).")
+    devices = OmegaConf.select(cfg, "trainer.devices")
+    if devices is not None and not (devices == "auto" or isinstance(devices, ListConfig)
+                                    or (isinstance(devices, int) and not isinstance(devices, bool)
+                                        and (devices >= 1 or devices == -1))):
+        raise ConfigError(f"trainer.devices={devices!r} is invalid: use {DEVICE_VALUES}.")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Everything train.py can check before building: targets, keys, numeric ranges."""
+    check_targets(cfg)
+    check_ranges(cfg, TRAIN_RULES)
+    check_keys(cfg)

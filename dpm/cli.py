@@ -1,0 +1,89 @@
+"""What train.py and evaluate.py share around dpm.run: the run directory from Hydra, errors a user can act on
+(one paragraph, no traceback unless HYDRA_FULL_ERROR=1), exit codes a scheduler can trust, and a last word
+saying where the results are.
+
+Exit codes: 0 success; 1 a run that failed (no optimizer step, non-finite stop); 2 a setting, file or
+checkpoint that cannot be used (nothing was written); 130 SIGINT; 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from dpm.checks import ConfigError
+from dpm.rundir import global_rank_from_env, update_link
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+
+
+def _hydra_record() -> tuple[Path, dict[str, str]]:
+    hc = HydraConfig.get()
+    record = {"hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
+              "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task))}
+    return Path(hc.runtime.output_dir), record
+
+
+def _fail(code: int, message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _sigterm_as_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | None:
+    """Run dpm.run.train or dpm.run.evaluate in Hydra's run directory and turn its outcome into an exit code."""
+    from dpm.run import Interrupted, RunFailed
+
+    out_dir, record = _hydra_record()
+    record["config.yaml"] = OmegaConf.to_yaml(cfg)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it like Ctrl-C
+        signal.signal(signal.SIGTERM, _sigterm_as_keyboard_interrupt)
+    try:
+        result = command(cfg, out_dir, hydra_record=record)
+    except Interrupted as err:
+        _fail(err.exit_code, str(err))
+    except KeyboardInterrupt:
+        _fail(EXIT_SIGINT, f"{name} interrupted; nothing was written to {out_dir / 'eval.json'}"
+              if name == "evaluate" else f"{name} interrupted")
+    except (ConfigError, FileNotFoundError, NotADirectoryError) as err:
+        if full_error:
+            raise
+        _fail(EXIT_CONFIG, str(err))
+    except RunFailed as err:
+        if full_error:
+            raise
+        _fail(EXIT_FAILED, str(err))
+    except OSError as err:  # a full disk, a folder made read-only mid-run: the original error, once
+        if full_error:
+            raise
+        _fail(EXIT_FAILED, f"{type(err).__name__}: {err}")
+    if global_rank_from_env() == 0:
+        report(name, cfg, out_dir, result)
+    return result
+
+
+def report(name: str, cfg: DictConfig, out_dir: Path, result: dict) -> None:
+    """The last lines: where the results are and what to run next."""
+    lines = []
+    if name == "train":
+        update_link(cfg.get("latest_link"), out_dir)
+        ckpt = result.get("checkpoint")
+        lines += [f"run directory: {out_dir}", f"checkpoint:    {ckpt}"]
+        if "eval" in result:
+            lines.append(f"test bound:    {result['eval']} (K = {result['test/K']:.4f} ± {result['test/K_stderr']:.4f})")
+        lines.append(f"next:          python evaluate.py ckpt_path={ckpt}")
+    else:
+        written = sorted(str(p) for p in out_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts
+                         and p.suffix != ".log")
+        lines += [f"output directory: {out_dir}"] + [f"wrote {p}" for p in written]
+    print("\n".join(lines), flush=True)

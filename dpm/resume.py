@@ -1,0 +1,85 @@
+"""Resuming with a command's settings: what defines the model and its data must match the checkpoint, what a
+user may change mid-run (learning rate, budget, validation interval, loggers, devices) is applied for real.
+
+Lightning restores the optimizer's and scheduler's saved hyperparameters over the new ones; patch_optimizer_state
+writes the command's values into the checkpoint before that happens, so config.yaml states what actually runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dpm.checks import ConfigError
+
+# Keys (or key prefixes) a resumed run may change; every other difference is refused.
+MUTABLE = ("optimizer.", "lr_scheduler", "trainer.", "callbacks", "logger", "val_n_t", "compile", "ckpt_path",
+           "out_dir", "progress", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link", "dataset.batch_size", "dataset.eval_batch_size",
+           "dataset.num_workers", "dataset.data_dir", "dataset.folder", "dataset.download")
+FIXED_WITHIN_MUTABLE = ("optimizer._target_",)  # another optimizer's state cannot be continued
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a.b.c": value} for a nested dict / list container."""
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out or {prefix[:-1]: {}}
+    if isinstance(d, list) and d and all(isinstance(v, (dict, list)) for v in d):
+        out = {}
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+    """(key, checkpoint's value, command's value) for every leaf that differs; absent is shown as '(absent)'."""
+    a, b = flatten(old), flatten(new)
+    absent = "(absent)"
+    return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
+
+
+def is_mutable(key: str) -> bool:
+    if key in FIXED_WITHIN_MUTABLE:
+        return False
+    return any(key == m.rstrip(".") or key.startswith(m if m.endswith(".") else m + ".") or key == m
+               for m in MUTABLE)
+
+
+def check_resume(old: dict, new: dict, ckpt_path: str) -> list[tuple[str, Any, Any]]:
+    """Refuse changes to what defines the model and data; return the changes that will be applied."""
+    diffs = differences(old, new)
+    refused = [d for d in diffs if not is_mutable(d[0])]
+    if refused:
+        lines = "; ".join(f"{k}: {o!r} in the checkpoint, {n!r} now" for k, o, n in refused[:12])
+        more = f" (and {len(refused) - 12} more)" if len(refused) > 12 else ""
+        raise ConfigError(
+            f"resume from ckpt_path={ckpt_path} refused: these settings define the model or its data and differ "
+            f"from the checkpoint's: {lines}{more}. Drop those overrides to continue that run, or start a new run "
+            f"without ckpt_path. (Changeable on resume: {', '.join(m.rstrip('.') for m in MUTABLE[:6])}, ...)")
+    return [d for d in diffs if d[0] not in ("ckpt_path", "out_dir")]
+
+
+def patch_optimizer_state(checkpoint: dict, optimizer_cfg: dict) -> None:
+    """Write the command's optimizer hyperparameters into the checkpoint's saved optimizer and scheduler state.
+
+    lr is kept at the same point of its schedule: the group's lr is scaled by new / old base lr, and the
+    schedulers' base_lrs (LambdaLR multiplies them by its factor) become the new lr.
+    """
+    hyper = {k: v for k, v in optimizer_cfg.items() if not k.startswith("_")}
+    for opt_state in checkpoint.get("optimizer_states", []):
+        for group in opt_state.get("param_groups", []):
+            old_base = group.get("initial_lr", group.get("lr"))
+            for key, value in hyper.items():
+                if key == "lr":
+                    ratio = group["lr"] / old_base if old_base else 1.0
+                    group["lr"] = value * ratio
+                    if "initial_lr" in group:
+                        group["initial_lr"] = value
+                elif key in group:
+                    group[key] = tuple(value) if isinstance(group[key], tuple) else value
+    if "lr" in hyper:
+        for sched in checkpoint.get("lr_schedulers", []):
+            if "base_lrs" in sched:
+                sched["base_lrs"] = [hyper["lr"] for _ in sched["base_lrs"]]
