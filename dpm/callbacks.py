@@ -65,6 +65,14 @@ class LastCheckpoint(L.Callback):
         if isinstance(exception, OSError):
             return  # the disk or folder failed: another write would hide the original error behind a second one
         try:
-            trainer.save_checkpoint(self.dirpath / ("last.ckpt" if interrupted else "crash.ckpt"), weights_only=False)
+            self._save_without_barrier(trainer, self.dirpath / ("last.ckpt" if interrupted else "crash.ckpt"))
         except Exception as err:  # keep the original error the one the user sees
             rank_zero_warn(f"could not write a checkpoint after {type(exception).__name__}: {err}")
+
+    @staticmethod
+    def _save_without_barrier(trainer: L.Trainer, path: Path) -> None:
+        """Rank 0 writes the checkpoint alone. trainer.save_checkpoint ends at a barrier, and after a signal or an
+        error the other DDP ranks may never reach it (Lightning's launcher has already killed them on SIGTERM)."""
+        if trainer.is_global_zero:
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.checks import ConfigError
@@ -28,6 +29,13 @@ def _hydra_record() -> tuple[Path, dict[str, str]]:
     record = {"hydra.yaml": OmegaConf.to_yaml({"hydra": hc}),
               "overrides.yaml": OmegaConf.to_yaml(list(hc.overrides.task))}
     return Path(hc.runtime.output_dir), record
+
+
+def _message(err: BaseException) -> str:
+    """The user's error: a constructor's own message rather than Hydra's wrapper around it."""
+    if isinstance(err, InstantiationException) and err.__cause__ is not None:
+        return _message(err.__cause__)
+    return str(err) if isinstance(err, (ConfigError, OSError)) else f"{err}"
 
 
 def _fail(code: int, message: str) -> None:
@@ -55,10 +63,10 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
     except KeyboardInterrupt:
         _fail(EXIT_SIGINT, f"{name} interrupted; nothing was written to {out_dir / 'eval.json'}"
               if name == "evaluate" else f"{name} interrupted")
-    except (ConfigError, FileNotFoundError, NotADirectoryError) as err:
+    except (ValueError, FileNotFoundError, NotADirectoryError, InstantiationException) as err:
         if full_error:
             raise
-        _fail(EXIT_CONFIG, str(err))
+        _fail(EXIT_CONFIG, _message(err))
     except RunFailed as err:
         if full_error:
             raise

@@ -61,23 +61,24 @@ class DiffusionModule(L.LightningModule):
         K = K_per_example(self.diffusion, self.net, x0, estimator, n_t, on_terms=on_terms)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
 
-    def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+    def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
         K, L_null = self.bound(x0, "mc", 1)
         loss = -(K - L_null).mean()
-        if not torch.isfinite(loss):
-            self._nonfinite("loss")
-            return None  # Lightning skips the step
+        # Even a non-finite loss goes through backward: under DDP every rank must reach the gradient all-reduce,
+        # and the all-reduced non-finite gradients then make every rank skip this step together (below).
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/K", K.mean())
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the step when any gradient is non-finite. The gradients are already all-reduced here, so under
+        DDP every rank sees the same ones and decides alike (no rank waits on another)."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:  # Lightning calls this hook even for a step whose training_step returned None
+        if not grads:
             return
         if not torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()):
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
-            self._nonfinite("gradient")
+            self._nonfinite("loss or gradient")
         else:
             self.nonfinite_in_a_row = 0
 

@@ -23,6 +23,7 @@ from dpm.evaluation import bound_over_split, format_table, write_result
 from dpm.figures import draw
 from dpm.files import write_text
 from dpm.module import DiffusionModule, NonFiniteStop
+from dpm.progress import Progress
 from dpm.resume import check_resume
 from dpm.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
 
@@ -85,7 +86,7 @@ def check_data_fits(cfg: DictConfig, dm: DataModule) -> None:
     if batch % world:
         raise ConfigError(f"dataset.batch_size={batch} is the global batch and must divide evenly over "
                           f"trainer.devices x num_nodes = {world} processes (e.g. {batch - batch % world or world}).")
-    if n_train // world < batch // world:
+    if world > 1 and n_train // world < batch // world:  # one process trains on a partial batch instead
         raise ConfigError(f"the training split has {n_train} examples: with {world} processes each gets "
                           f"{n_train // world}, fewer than its batch of {batch // world} (dataset.batch_size={batch}). "
                           "Use fewer devices, a smaller dataset.batch_size or more training data.")
@@ -243,7 +244,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     if hydra_record:
         write_hydra_record(out_dir, hydra_record)
     if cfg.task == "sample":
-        path = draw(module, dm, out_dir / "samples.png", cfg.seed)
+        with Progress(module.diffusion.T, "sampling", unit="step", enabled=cfg.get("progress", True)) as bar:
+            path = draw(module, dm, out_dir / "samples.png", cfg.seed, on_step=bar.update)
         return {"figure": str(path)}
     result = bound_over_split(module, dm, split=cfg.split, estimator=cfg.estimator, n_t=cfg.n_t,
                               batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed, device=device,

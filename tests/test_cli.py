@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
-        "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=32", "T=6"]
+        "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=32", "T=6",
+        "latest_link=null"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -54,3 +55,24 @@ def test_wandb_logger_offline(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_evaluate_reports_progress_off_a_terminal_and_where_it_wrote(tmp_path):
+    """stdout is a pipe here: plain progress lines (no carriage returns), the estimate, and the final paths."""
+    train = run("train.py", *TINY, "test_at_end=false", f"hydra.run.dir={tmp_path / 'run'}")
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert f"next:          python evaluate.py ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}" in train.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ev = run("evaluate.py", f"ckpt_path={ckpt}")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    lines = ev.stdout.splitlines()
+    assert any(line.startswith("exact bound: 32 examples x 5 terms on cpu, about") for line in lines)
+    meters = [line for line in lines if line.startswith("exact bound: ") and "term/s" in line]
+    assert meters and "100%" in meters[-1] and "K=" in meters[-1] and "\r" not in ev.stdout
+    written = [line for line in lines if line.startswith("wrote ")]
+    assert len(written) == 1 and written[0].endswith("eval.json")
+    eval_json = Path(written[0].removeprefix("wrote "))
+    assert eval_json.is_file() and eval_json.parent.parent == tmp_path / "run" / "eval"  # not over the run's files
+    quiet = run("evaluate.py", f"ckpt_path={ckpt}", "progress=false")
+    assert quiet.returncode == 0 and "term/s" not in quiet.stdout and "about" not in quiet.stdout
+    assert any(line.startswith("wrote ") for line in quiet.stdout.splitlines())

@@ -31,8 +31,12 @@ def load_folder(folder: Path, pattern: str) -> list[tuple[str, np.ndarray]]:
                                 f"under dataset.folder={folder}")
     images = []
     for path in paths:
-        with Image.open(path) as im:
-            images.append((str(path.relative_to(folder)), np.asarray(im.convert("L"), dtype=np.uint8)))
+        try:
+            with Image.open(path) as im:
+                images.append((str(path.relative_to(folder)), np.asarray(im.convert("L"), dtype=np.uint8)))
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for truncated or foreign files
+            raise ValueError(f"{path} (under dataset.folder) is not a readable image ({type(err).__name__}: "
+                             f"{err}); remove or replace it") from None
     return images
 
 
@@ -75,6 +79,10 @@ class BarkDataModule(ImageDataModule):
     def __init__(self, folder: str | None = None, glob: str = "**/*", patch_size: int = 32, n_train: int = 50000,
                  n_val: int = 2000, n_test: int = 10000, split_by: str = "region", val_fraction: float = 0.15,
                  test_fraction: float = 0.15, **kwargs) -> None:
+        if "data_dir" in kwargs:  # the image base takes it, but bark reads its images from `folder` alone
+            raise ValueError(f"dataset.data_dir={kwargs['data_dir']} is not used by bark: give the folder of "
+                             "texture images as dataset.folder=DIR (or dataset.folder=null for the textures "
+                             "bundled with scikit-image)")
         super().__init__(**kwargs)
         if split_by not in SPLIT_BY:
             raise ValueError(f"dataset.split_by={split_by!r} is unknown; valid choices: {list(SPLIT_BY)}")

@@ -29,8 +29,12 @@ class _BatchUnpickler(pickle.Unpickler):
 def read_batch(path: Path) -> np.ndarray:
     """One pickled CIFAR-10 batch (the python version's format: a dict with b"data", uint8 [N, 3072] rows of
     1024 red, 1024 green, 1024 blue values, each row-major 32x32) -> uint8 [N, 3, 32, 32]."""
-    with open(path, "rb") as f:
-        batch = _BatchUnpickler(f, encoding="bytes").load()
+    try:
+        with open(path, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as err:
+        raise ValueError(f"{path} is not a readable CIFAR-10 batch file ({type(err).__name__}: {err}); "
+                         "replace it with the python version's file (cifar-10-python.tar.gz)") from None
     data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
     if data is None:
         raise ValueError(f"{path} is not a CIFAR-10 batch (no 'data' entry)")

@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, check_count
+from dpm.progress import Progress
 
 GENERATOR_VERSION = 1  # part of the cache key: bump when the generator's output changes
 
@@ -32,7 +34,7 @@ def power_law_mass(a: float, r_min: float, r_max: float) -> float:
 
 
 def dead_leaves(n: int, size: int, r_min: float, r_max: float, alpha: float, rng: np.random.Generator,
-                n_levels: int = 256, chunk: int = 4096) -> np.ndarray:
+                n_levels: int = 256, chunk: int = 4096, on_done: Callable[[int], None] | None = None) -> np.ndarray:
     """n independent size x size windows of a stationary dead-leaves image, uint8 [n, size, size].
 
     Disks (radius density ~ r^-alpha on [r_min, r_max] in pixels, centres a Poisson process, grey level
@@ -41,7 +43,8 @@ def dead_leaves(n: int, size: int, r_min: float, r_max: float, alpha: float, rng
     seen, so only those are drawn: their radius has density ~ r^-alpha (size + 2 r)^2 (the area of centres
     whose box meets the window), a mixture of three power laws, and their centre is uniform over
     [-r, size + r]^2. This is exact (no border effects). Windows are made `chunk` at a time (bounded memory),
-    each chunk drawing one disk per still-uncovered window per round, all windows at once.
+    each chunk drawing one disk per still-uncovered window per round, all windows at once. on_done(k) is told
+    whenever k more windows are finished (a dpm.progress.Progress's update).
     """
     # r^-alpha (S + 2r)^2 = S^2 r^-alpha + 4 S r^(1-alpha) + 4 r^(2-alpha)
     exps = np.array([alpha, alpha - 1.0, alpha - 2.0])
@@ -76,6 +79,8 @@ def dead_leaves(n: int, size: int, r_min: float, r_max: float, alpha: float, rng
             done = ~unset.any(axis=(1, 2))
             if done.any():  # finished windows leave the working set
                 out[ids[done]] = value[done]
+                if on_done is not None:
+                    on_done(int(done.sum()))
                 ids, value, unset = ids[~done], value[~done], unset[~done]
     return out
 
@@ -113,8 +118,10 @@ class DeadLeavesDataModule(ImageDataModule):
     def generate(self, split: str) -> np.ndarray:
         """uint8 [n, 1, size, size] for one split."""
         rng = np.random.default_rng([self.seed, SPLITS.index(split)])
-        return dead_leaves(self.sizes[split], self.image_size, self.r_min, self.r_max, self.alpha, rng,
-                           self.n_levels)[:, None]
+        n = self.sizes[split]
+        with Progress(n, f"dead leaves {split} split", unit="image", enabled=n >= 1000) as bar:
+            return dead_leaves(n, self.image_size, self.r_min, self.r_max, self.alpha, rng, self.n_levels,
+                               on_done=bar.update)[:, None]
 
     def levels(self, split: str) -> np.ndarray:
         """The split's uint8 levels, from the cache when it is there (and written there when it is not)."""

@@ -1,6 +1,6 @@
 """Figures of a trained model, one function per kind of data (DataModule.figure_kind), each writing a PNG.
 
-A figure function takes (module, dm, path, seed) and returns the path it wrote.
+A figure function takes (module, dm, path, seed, on_step=None) and returns the path it wrote.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ FIGURES: dict[str, Callable[..., Path]] = {
 }
 
 
-def draw(module, dm, path: Path, seed: int = 0) -> Path:
-    """Write the figure for dm's kind of data to path (PNG), with the module in eval mode."""
+def draw(module, dm, path: Path, seed: int = 0, on_step=None) -> Path:
+    """Write the figure for dm's kind of data to path (PNG), with the module in eval mode; on_step(1) after each
+    reverse step of its sampling (a dpm.progress.Progress's update)."""
     if dm.figure_kind not in FIGURES:
         raise ValueError(f"no figure for data of kind {dm.figure_kind!r}; known: {sorted(FIGURES)}")
     was_training = module.training
     module.eval()
     try:
-        return FIGURES[dm.figure_kind](module, dm, path, seed)
+        return FIGURES[dm.figure_kind](module, dm, path, seed, on_step=on_step)
     finally:
         module.train(was_training)

@@ -23,7 +23,7 @@ def tile(images: torch.Tensor, pad: int = 1) -> torch.Tensor:
     return grid.permute(1, 2, 0)
 
 
-def image(module, dm, path: Path, seed: int = 0, n: int = 64) -> Path:
+def image(module, dm, path: Path, seed: int = 0, n: int = 64, on_step=None) -> Path:
     """n samples of the reverse process (x_T ~ pi with a generator seeded by `seed`, every step including the
     fixed last one) next to the first n training images, both mapped back to raw pixel values
     (x * scale + shift, clipped to [0, 1]); grey for one channel, RGB for three."""
@@ -31,7 +31,7 @@ def image(module, dm, path: Path, seed: int = 0, n: int = 64) -> Path:
     shape = tuple(dm.data_shape)
     g = torch.Generator(device=module.device).manual_seed(seed)
     with torch.no_grad():
-        x0, _ = diffusion.sample(net, (n, *shape), g, module.device)
+        x0, _ = diffusion.sample(net, (n, *shape), g, module.device, on_step=on_step)
     panels = {f"samples (seed {seed})": dm.denormalize(x0.float().cpu()),
               "training images": dm.denormalize(dm.splits["train"][:n])}
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))

@@ -24,7 +24,8 @@ def forward_trajectory(diffusion, x0: torch.Tensor, times: list[int], generator:
     return kept
 
 
-def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 20, n_times: int = 21) -> Path:
+def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 20, n_times: int = 21,
+             on_step=None) -> Path:
     """Four panels: training sequences; samples of the model (titled with the fraction of the n samples that are
     one of the training patterns); one forward trajectory x_0 -> x_T; one reverse trajectory x_T -> x_0.
     Rows are sequences (or times), columns are bins; black is 1."""
@@ -33,7 +34,8 @@ def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 
     g = torch.Generator(device=module.device).manual_seed(seed)
     train = dm.splits["train"][:n_show].to(module.device)
     with torch.no_grad():
-        samples, reverse = diffusion.sample(net, (n, *dm.data_shape), g, module.device, keep=tuple(times))
+        samples, reverse = diffusion.sample(net, (n, *dm.data_shape), g, module.device, keep=tuple(times),
+                                           on_step=on_step)
         forward = forward_trajectory(diffusion, train[:1], times, g)
     valid = (pattern_index(samples.cpu(), dm.length, dm.period) >= 0).float().mean().item()
     panels = [

@@ -1,0 +1,236 @@
+"""Bad input, faults and hostile files through train.py and evaluate.py as a user runs them (subprocesses).
+
+Each case checks the exit code, a short message without a traceback, and that no file that existed before the
+command changed (issue 7). HYDRA_FULL_ERROR=1 still gives the traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+        "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=32", "T=6",
+        "latest_link=null", "progress=false"]
+
+
+def run(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root with a hash of its content."""
+    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace with one finished tiny run, a junk file, crafted checkpoints and corrupt data files."""
+    root = tmp_path_factory.mktemp("faults")
+    out = run("train.py", *TINY, f"hydra.run.dir={root / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = root / "run" / "checkpoints" / "last.ckpt"
+    (root / "junk.ckpt").write_bytes(os.urandom(4096))
+    real = torch.load(ckpt, weights_only=True)
+    for name, target in (("crafted_path", {"_target_": "pathlib.Path.write_text", "self": str(root / "pwned"),
+                                           "data": "owned"}),
+                         ("crafted_dpm", {"_target_": "dpm.files.write_text", "path": str(root / "pwned"),
+                                          "text": "owned"})):
+        hostile = dict(real)
+        hostile["dpm_config"] = {**real["dpm_config"], "dataset": target}
+        torch.save(hostile, root / f"{name}.ckpt")
+    with open(root / "pickle_bomb.ckpt", "wb") as f:  # unpickling it would write a file
+        pickle.dump({"dpm_config": {}, "state_dict": Bomb(str(root / "pwned"))}, f)
+    cifar = root / "cifar" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (cifar / name).write_bytes(os.urandom(2048))
+    bark = root / "bark"
+    bark.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(bark / "good.png")
+    (bark / "cut.png").write_bytes((bark / "good.png").read_bytes()[:200])
+    return root
+
+
+class Bomb:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "owned"))
+
+
+def ckpt(ws: Path) -> str:
+    return str(ws / "run" / "checkpoints" / "last.ckpt")
+
+
+# (name, script, arguments given the workspace, exit code, a regex the stderr must match)
+CASES = [
+    ("unknown dataset", "train.py", lambda w: ["dataset=nosuchdata"], 1, r"Could not find 'dataset/nosuchdata'"),
+    ("T below 2", "train.py", lambda w: ["T=1"], 2, r"T=1 is invalid"),
+    ("T not a number", "train.py", lambda w: ["T=abc"], 2, r"T='abc' is invalid: it must be an integer"),
+    ("val_n_t zero", "train.py", lambda w: ["val_n_t=0"], 2, r"val_n_t=0 is invalid"),
+    ("negative lr", "train.py", lambda w: ["optimizer.lr=-1"], 2, r"optimizer.lr=-1 is invalid"),
+    ("zero lr", "train.py", lambda w: ["optimizer.lr=0"], 2, r"optimizer.lr=0 is invalid"),
+    ("beta_1 zero", "train.py", lambda w: ["schedule.beta_1=0"], 2, r"schedule.beta_1=0 is invalid"),
+    ("beta_1 one", "train.py", lambda w: ["schedule.beta_1=1"], 2, r"schedule.beta_1=1 is invalid"),
+    ("beta_1 large", "train.py", lambda w: ["schedule.beta_1=0.7"], 2, r"nothing can be learned"),
+    ("beta_T above one", "train.py", lambda w: ["schedule.beta_T=1.5"], 2, r"schedule.beta_T=1.5 is invalid"),
+    ("batch size zero", "train.py", lambda w: ["dataset.batch_size=0"], 2, r"dataset.batch_size=0 is invalid"),
+    ("one training example", "train.py", lambda w: ["dataset.n_train=1"], 2, r"dataset.n_train=1 is invalid"),
+    ("max_steps zero", "train.py", lambda w: ["trainer.max_steps=0"], 2, r"trainer.max_steps=0 is invalid"),
+    ("val interval zero", "train.py", lambda w: ["trainer.val_check_interval=0"], 2,
+     r"trainer.val_check_interval=0 is invalid"),
+    ("devices zero", "train.py", lambda w: ["trainer.devices=0"], 2, r"trainer.devices=0 is invalid"),
+    ("batch not divisible over devices", "train.py", lambda w: ["trainer.devices=3", "trainer.accelerator=cpu"],
+     2, r"must divide evenly over .* 3 processes"),
+    ("too little data for devices", "train.py",
+     lambda w: ["trainer.devices=2", "trainer.accelerator=cpu", "dataset.n_train=40", "dataset.batch_size=64"], 2,
+     r"fewer than its batch"),
+    ("leaked key after a group switch", "train.py", lambda w: ["dataset=heartbeat", "diffusion=gaussian"], 2,
+     r"diffusion.p is not a setting of diffusion \(GaussianDiffusion\)"),
+    ("bark with data_dir", "train.py", lambda w: ["dataset=bark", f"+dataset.data_dir={w}"], 2,
+     r"dataset.data_dir=.* is not used by bark: give .* dataset.folder"),
+    ("unknown key added", "train.py", lambda w: ["+dataset.nosuchkey=1"], 2, r"dataset.nosuchkey is not a setting"),
+    ("unknown key overridden", "train.py", lambda w: ["dataset.nosuchkey=1"], 1, r"Could not override"),
+    ("missing checkpoint to resume", "train.py", lambda w: [f"ckpt_path={w / 'nope.ckpt'}"], 2, r"is not a file"),
+    ("junk checkpoint to resume", "train.py", lambda w: [f"ckpt_path={w / 'junk.ckpt'}"], 2,
+     r"could not be read as a checkpoint"),
+    ("crafted checkpoint resumed", "train.py", lambda w: [f"ckpt_path={w / 'crafted_path.ckpt'}"], 2,
+     r"dataset._target_='pathlib.Path.write_text' .* is refused"),
+    ("pickle bomb resumed, env forcing unsafe loads", "train.py", lambda w: [f"ckpt_path={w / 'pickle_bomb.ckpt'}"],
+     2, r"could not be read as a checkpoint"),
+    ("reused run directory", "train.py", lambda w: [f"hydra.run.dir={w / 'run'}"], 2,
+     r"already holds a run .* nothing there is overwritten"),
+    ("resume with a changed network", "train.py", lambda w: [f"ckpt_path={ckpt(w)}", "net.hidden=17"], 2,
+     r"net.hidden: 128 in the checkpoint, 17 now"),
+    ("resume with a changed schedule", "train.py", lambda w: [f"ckpt_path={ckpt(w)}", "schedule.beta_1=1e-3"], 2,
+     r"schedule.beta_1: 1e-05 in the checkpoint, 0.001 now"),
+    ("resume with a changed T", "train.py", lambda w: [f"ckpt_path={ckpt(w)}", "T=7"], 2, r"T: 6 in the checkpoint"),
+    ("resume with nothing left to do", "train.py", lambda w: [f"ckpt_path={ckpt(w)}"], 1,
+     r"ended after 0 optimizer steps"),
+    ("non-finite training", "train.py", lambda w: ["optimizer.lr=1e30", "trainer.max_steps=60"], 1,
+     r"non-finite .* in a row"),
+    ("corrupt CIFAR-10 batch", "train.py",
+     lambda w: ["dataset=cifar10", f"dataset.data_dir={w / 'cifar'}", "dataset.download=false"], 2,
+     r"data_batch_1 is not a readable CIFAR-10 batch file"),
+    ("truncated bark image", "train.py", lambda w: ["dataset=bark", f"dataset.folder={w / 'bark'}"], 2,
+     r"cut.png .* is not a readable image"),
+    ("evaluate without checkpoint", "evaluate.py", lambda w: [], 2, r"ckpt_path is required"),
+    ("evaluate a crafted checkpoint", "evaluate.py", lambda w: [f"ckpt_path={w / 'crafted_path.ckpt'}"], 2,
+     r"is refused: dataset may only name classes under \['dpm.data.'\]"),
+    ("evaluate a checkpoint naming a dpm function", "evaluate.py", lambda w: [f"ckpt_path={w / 'crafted_dpm.ckpt'}"],
+     2, r"dpm.files.write_text' .* is refused"),
+    ("evaluate a pickle bomb", "evaluate.py", lambda w: [f"ckpt_path={w / 'pickle_bomb.ckpt'}"], 2,
+     r"could not be read as a checkpoint"),
+    ("evaluate limit zero", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "limit=0"], 2, r"limit=0 is invalid"),
+    ("evaluate limit negative", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "limit=-1"], 2,
+     r"limit=-1 is invalid"),
+    ("evaluate batch size zero", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "batch_size=0"], 2,
+     r"batch_size=0 is invalid"),
+    ("evaluate unknown task", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "task=nosuch"], 2,
+     r"task='nosuch' is unknown"),
+    ("evaluate unknown estimator", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "estimator=foo"], 2,
+     r"estimator='foo' is unknown"),
+    ("evaluate n_t zero", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "estimator=mc", "n_t=0"], 2,
+     r"n_t=0 is invalid"),
+    ("evaluate EMA weights that are not there", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "weights=ema"], 2,
+     r"no EMA weights"),
+    ("evaluate into the run's own directory", "evaluate.py",
+     lambda w: [f"ckpt_path={ckpt(w)}", f"hydra.run.dir={w / 'run'}"], 2, r"already holds a run"),
+]
+if not torch.cuda.is_available():
+    CASES.append(("evaluate on a missing GPU", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "device=cuda"], 2,
+                  r"no CUDA device is available"))
+
+
+@pytest.mark.parametrize("name,script,args,code,message", CASES, ids=[c[0] for c in CASES])
+def test_fault(ws, name, script, args, code, message):
+    import re
+
+    before = snapshot(ws)
+    extra = args(ws)
+    given_dir = any(a.startswith("hydra.run.dir=") for a in extra)
+    out_dir = [] if given_dir else [f"hydra.run.dir={ws / 'new' / re.sub(r'[^A-Za-z0-9]+', '_', name)}"]
+    base = TINY if script == "train.py" else ["progress=false"]
+    env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # must not lift the checkpoint's weights_only=True
+    out = run(script, *base, *extra, *out_dir, env=env)
+    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
+    assert re.search(message, out.stderr, re.S), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
+    error_lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert code == 1 and "Could not" in out.stderr or (len(error_lines) == 1 and len(error_lines[0]) < 1200)
+    after = snapshot(ws)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed changed
+    assert not (ws / "pwned").exists()
+
+
+def test_full_traceback_on_request(ws):
+    out = run("train.py", *TINY, "T=1", f"hydra.run.dir={ws / 'new' / 'full'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert out.returncode != 0 and "Traceback" in out.stderr and "T=1 is invalid" in out.stderr
+
+
+def test_resume_applies_a_changed_learning_rate(ws, tmp_path):
+    out = run("train.py", *TINY, "trainer.max_steps=6", "optimizer.lr=0.5", f"ckpt_path={ckpt(ws)}",
+              f"hydra.run.dir={tmp_path / 'resumed'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 6
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.5  # applied, not just recorded
+    assert saved["optimizer_states"][0]["state"]  # Adam's moments came along
+    config = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
+    assert config["optimizer"]["lr"] == 0.5 and config["changed_on_resume"]["optimizer.lr"] == 0.5
+    assert config["resumed_from"] == ckpt(ws) and config["trainer"]["max_steps"] == 6
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_signal_writes_last_ckpt_and_exits_nonzero(tmp_path, sig, code):
+    args = [a for a in TINY if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=1000000"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path / "checkpoints" / "last.ckpt", proc)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert f"stopped by {sig.name}" in err and "resume with: python train.py ckpt_path=" in err
+    step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert f"holds step {step}" in err
+
+
+def test_interrupted_evaluation_writes_nothing(tmp_path):
+    out = run("train.py", *TINY, "dataset.n_test=3000", "test_at_end=false", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "evaluate.py", f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}",
+                             "batch_size=1", f"hydra.run.dir={tmp_path / 'eval'}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # the time estimate: the bound has started
+    assert "exact bound: 3,000 examples" in line, line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted; nothing was written" in err, err[-2000:]
+    assert not (tmp_path / "eval" / "eval.json").exists()
