@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -50,6 +52,19 @@ class LastCheckpoint(L.Callback):
     def _save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
         self._saved_step = trainer.global_step
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning 2.6's SIGTERM handler kills the other DDP ranks and then broadcasts to them from inside the
+        # handler, which waits forever on the ranks it killed. Here SIGTERM only sets Lightning's flag; its
+        # per-step broadcast of that flag then stops every rank at the same step, and on_exception saves.
+        # (Registered at train start: Lightning installs its handlers after on_fit_start.)
+        if threading.current_thread() is threading.main_thread():
+            connector = trainer._signal_connector
+
+            def on_sigterm(signum, frame) -> None:
+                connector.received_sigterm = True
+
+            signal.signal(signal.SIGTERM, on_sigterm)
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
