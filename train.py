@@ -1,8 +1,12 @@
 """Train a diffusion probabilistic model: python train.py [overrides]. See README.md."""
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from dpm.cli import ddp_child_argv
 from dpm.cli import main as run_command
 from dpm.run import train
 
@@ -14,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = ddp_child_argv(sys.argv, dict(os.environ))  # a DDP rank > 0 of a multirun job runs that job only
     main()

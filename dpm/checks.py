@@ -28,6 +28,7 @@ ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "optimizer": (("torch.optim.",), "torch.optim.Optimizer"),
     "lr_scheduler": (("dpm.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
     "trainer": (("lightning.pytorch.",), "lightning.pytorch.Trainer"),
+    "trainer.strategy": (("lightning.pytorch.strategies.",), "lightning.pytorch.strategies.Strategy"),
     "callbacks": (("lightning.pytorch.callbacks.", "dpm.callbacks."), "lightning.pytorch.Callback"),
     "logger": (("lightning.pytorch.loggers.",), "lightning.pytorch.loggers.Logger"),
 }

@@ -8,6 +8,7 @@ checkpoint that cannot be used (nothing was written); 130 SIGINT; 143 SIGTERM.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -31,6 +32,21 @@ def _hydra_record() -> tuple[Path, dict[str, str]]:
     return Path(hc.runtime.output_dir), record
 
 
+JOB_OVERRIDES_ENV = "DPM_JOB_OVERRIDES"
+LIGHTNING_CHILD_ARGS = ("hydra.run.dir=", "hydra.job.name=", "hydra.output_subdir=")
+
+
+def ddp_child_argv(argv: list[str], env: dict) -> list[str]:
+    """The command line for a DDP process that Lightning re-launched from rank 0's: Lightning repeats rank 0's
+    sys.argv, which for a multirun job still holds `-m` and the whole sweep, so each extra rank would start a
+    sweep of its own. Rank 0 leaves its own job's overrides in the environment; the child runs that one job
+    in rank 0's directory (the hydra.* arguments Lightning appended)."""
+    job = env.get(JOB_OVERRIDES_ENV)
+    if not job or env.get("LOCAL_RANK", "0") == "0":
+        return argv
+    return [argv[0], *json.loads(job), *(a for a in argv[1:] if a.startswith(LIGHTNING_CHILD_ARGS))]
+
+
 def _message(err: BaseException) -> str:
     """The user's error: a constructor's own message rather than Hydra's wrapper around it."""
     if isinstance(err, InstantiationException) and err.__cause__ is not None:
@@ -52,6 +68,7 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
     from dpm.run import Interrupted, RunFailed
 
     out_dir, record = _hydra_record()
+    os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children
     record["config.yaml"] = OmegaConf.to_yaml(cfg)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it like Ctrl-C

@@ -7,10 +7,15 @@ Every check that can fail runs before the first file is written (dpm.checks); a 
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
+from filelock import FileLock
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -42,6 +47,10 @@ class RunFailed(RuntimeError):
     """A run that cannot be called a success (no optimizer step, too many non-finite steps); exit 1."""
 
 
+# What Lightning's DDP launcher sets in the launching process; restored after each run (see train)
+LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_WORLD_SIZE")
+
+
 def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataModule, DiffusionModule]:
     """The data module (set up) and the LightningModule a config describes."""
     check_train_config(cfg)
@@ -50,7 +59,12 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     diffusion = instantiate(cfg.diffusion, schedule=schedule)
     if datamodule_state is not None:
         dm.load_state_dict(datamodule_state)
-    dm.prepare_data()
+    # Processes started together (torchrun, SLURM) would race on a download or a cache: one at a time; the
+    # first prepares, the others find the files there.
+    key = hashlib.sha1(json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"dpm-prepare-{key}.lock"):
+        dm.prepare_data()
     dm.setup()
     diffusion.check_data(dm.splits["train"])
     net = instantiate(cfg.net, data_shape=dm.data_shape, n_outputs=diffusion.n_outputs, T=cfg.T)
@@ -60,8 +74,44 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
         units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
         run_config=OmegaConf.to_container(cfg, resolve=True))
     if cfg.get("compile"):
-        module.net = torch.compile(module.net)  # the network only; checkpoints load into an uncompiled one
+        module.net.compile()  # in place: the network only, and its state_dict keys stay those of a plain one
     return dm, module
+
+
+# Precisions that keep the schedule, the bound and the KL in float32 (the network may run in bf16 / fp16).
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "64", "transformer-engine")
+REFUSED_PRECISIONS = {"bf16-true": "casts every buffer to bf16", "16-true": "casts every buffer to fp16",
+                      "bf16": "casts every buffer to bf16", "16": "is 16-mixed's old name: write 16-mixed",
+                      "half": "casts every buffer to fp16"}
+
+
+def _on_gpu(trainer_cfg: DictConfig) -> bool:
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def trainer_settings(cfg: DictConfig) -> dict:
+    """Trainer arguments dpm decides: precision `auto` (bf16-mixed on a GPU, 32-true elsewhere), TF32 matmuls on
+    a GPU unless tf32=false, DDP without re-broadcasting constant buffers, and the atomic checkpoint writer."""
+    precision = str(cfg.trainer.get("precision", "auto"))
+    if precision in REFUSED_PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision} is refused: it {REFUSED_PRECISIONS[precision]}, and the "
+                          "schedule tables (float64 -> float32) and the bound must stay in float32. Use bf16-mixed "
+                          "(GPU), 16-mixed or 32-true.")
+    if precision == "auto":
+        precision = "bf16-mixed" if _on_gpu(cfg.trainer) else "32-true"
+    elif precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is unknown; valid choices: {['auto', *PRECISIONS]}")
+    if _on_gpu(cfg.trainer) and cfg.get("tf32", True):
+        torch.set_float32_matmul_precision("high")
+    settings = {"precision": precision, "plugins": [AtomicCheckpointIO()]}
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy == "ddp" or (strategy == "auto" and _world_size(cfg.trainer) > 1):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # the schedule tables are buffers that never change within a step: no broadcast before every forward
+        settings["strategy"] = DDPStrategy(broadcast_buffers=False)
+    return settings
 
 
 def _children(node: DictConfig | None) -> list:
@@ -109,6 +159,7 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         del ckpt
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+    settings = trainer_settings(cfg)
     dm, module = build(cfg)
     check_data_fits(cfg, dm)
     rank0 = global_rank_from_env() == 0
@@ -123,9 +174,10 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
             config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_children(cfg.get("callbacks")),
-                                     logger=_children(cfg.get("logger")) or False, plugins=[AtomicCheckpointIO()])
+                                     logger=_children(cfg.get("logger")) or False, **settings)
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
         logger.log_hyperparams(module.run_config)
+    launch_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
     try:
         return _fit_and_test(cfg, trainer, module, dm, out_dir)
     finally:
@@ -133,6 +185,14 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
             import wandb
 
             wandb.finish()  # or every job of a multirun logs into one W&B run
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # the next job of a multirun starts new DDP processes: this group's peers are gone
+            torch.distributed.destroy_process_group()
+        for key, value in launch_env.items():  # Lightning would take its own LOCAL_RANK as an external launcher's
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,

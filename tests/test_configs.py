@@ -32,7 +32,9 @@ def test_option_composes_and_light_nodes_instantiate(compose_cfg, group, option,
             if child is not None and "Wandb" not in child._target_:
                 instantiate(child)
     if cfg.trainer.get("accelerator") in (None, "auto", "cpu"):
-        instantiate(cfg.trainer, logger=False)
+        from dpm.run import trainer_settings
+
+        instantiate(cfg.trainer, logger=False, **trainer_settings(cfg))
 
 
 def test_dataset_config_picks_its_diffusion_and_command_line_wins(compose_cfg):

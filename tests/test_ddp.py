@@ -82,3 +82,15 @@ def test_nonfinite_loss_on_one_rank_is_skipped_on_every_rank(tmp_path):
     skipped = [float(r["train/nonfinite_skipped"]) for r in rows if r.get("train/nonfinite_skipped")]
     assert max(skipped) == 3.0  # steps 2, 3, 4 skipped (on both ranks: the run did not hang)
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_leaves_one_sweep_directory(tmp_path):
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "train.py", "-m", "seed=0,1", *DDP, "trainer.max_steps=4", "test_at_end=false",
+                          f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job in ("0", "1"):
+        assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
+        assert sorted(p.name for p in (sweep / job).iterdir() if p.is_dir()) == [".hydra", "checkpoints", "logs"]
