@@ -49,6 +49,7 @@ from omegaconf import DictConfig, open_dict
 from dpm.bound import LN2, K_per_example
 from dpm.data.images import ImageDataModule
 from dpm.keyed import Keys
+from dpm.run import build
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = {  # the project's own configs
@@ -231,7 +232,8 @@ class Alternate(L.Callback):
         n = images_per_step * self.segment * self.rounds
         ratios = [pb / pa for pa, pb in zip(self.module_times, self.plain_times)]
         return {"module_images_per_s": n / a, "plain_images_per_s": n / b, "ratio": b / a,
-                "ratio_min": min(ratios), "ratio_median": float(np.median(ratios)), "ratio_max": max(ratios), "module_s": a, "plain_s": b,
+                "ratio_min": min(ratios), "ratio_median": float(np.median(ratios)), "ratio_max": max(ratios),
+                "module_s": a, "plain_s": b,
                 "steps_per_side": self.segment * self.rounds, "images_per_step": images_per_step,
                 "warmup_steps": self.warmup, "warmup_module_s": self.warmup_times["module"],
                 "warmup_plain_s": self.warmup_times["plain"]}
@@ -241,12 +243,12 @@ class Bench:
     """Everything one run measures, built from a preset."""
 
     def __init__(self, args: argparse.Namespace, out_dir: str) -> None:
-        from dpm.run import build
-
         self.args, self.out_dir = args, out_dir
         self.device = torch.device(args.device if args.device != "auto"
                                    else ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
             torch.set_float32_matmul_precision("high")  # TF32
             torch.backends.cudnn.benchmark = True
@@ -293,8 +295,8 @@ class Bench:
         keep = [cb for cb in (instantiate(c) for c in (self.cfg.get("callbacks") or {}).values() if c is not None)
                 if type(cb).__name__ not in LEFT_OUT_CALLBACKS]
         loggers = [instantiate(c) for c in (self.cfg.get("logger") or {}).values() if c is not None]
-        settings = dict(accelerator=self.device.type, devices=[self.device.index or 0] if self.device.type == "cuda"
-                        else 1, precision=self.precision, num_sanity_val_steps=0, enable_model_summary=False)
+        settings = dict(accelerator=self.device.type, devices=[self.device.index] if self.device.type == "cuda" else 1,
+                        precision=self.precision, num_sanity_val_steps=0, enable_model_summary=False)
         if self.args.no_progress_bar:
             settings["enable_progress_bar"] = False
         if self.args.no_logger:
@@ -338,8 +340,6 @@ class Bench:
         module, dm = self.module, self.dm
         T = a.bound_T or int(self.cfg.T)
         if T != int(self.cfg.T):
-            from dpm.run import build
-
             with open_dict(self.cfg):
                 self.cfg.T = T
             dm, module = build(self.cfg)
@@ -406,7 +406,8 @@ def format_report(r: dict) -> str:
                      f"{m['warmup_module_s']:.2f} s, plain {m['warmup_plain_s']:.2f} s (not in the rates)")
     if r.get("bound"):
         b = r["bound"]
-        how = "measured" if b["complete"] else f"extrapolated from {b['terms_done']:,} of {b['n'] * (b['T'] - 1):,} terms"
+        how = ("measured" if b["complete"]
+               else f"extrapolated from {b['terms_done']:,} of {b['n'] * (b['T'] - 1):,} terms")
         lines.append(f"exact bound, {b['n']:,} images at T = {b['T']} (batch {b['batch']}, {b['precision']}, keyed "
                      f"draws): {b['seconds_for_n']:.1f} s ({how}); {b['network_passes_per_s']:,.0f} network "
                      "passes/s")

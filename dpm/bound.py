@@ -11,6 +11,7 @@ its index and the seed only, whatever the batch it is evaluated in.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -46,15 +47,23 @@ def stratified_t(n: int, T: int, n_t: int, generator: torch.Generator | None = N
     if not 1 <= n_t <= T - 1:
         raise ValueError(f"n_t={n_t} is invalid: between 1 and T - 1 = {T - 1} draws of t per example")
     check_source(generator, keys, n)
-    edges = strata_edges(T, n_t)
     if keys is not None:
         u = keys.uniform((T_DRAW,), (n_t,)).T
     else:
         u = torch.rand(n_t, n, generator=generator, device=generator.device if generator is not None else device)
-    lo = torch.tensor(edges[:-1], device=u.device)[:, None]
-    size = torch.tensor(edges[1:], device=u.device)[:, None] - lo
+    lo, size = _strata(T, n_t, u.device)
     t = 2 + lo + (u * size).long().clamp(max=size - 1)
     return t.to(device), size[:, 0].float().to(device)
+
+
+@functools.lru_cache(maxsize=32)
+def _strata(T: int, n_t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strata's first offsets and sizes, [n_t, 1] each, made once per device: a tensor built from a list is
+    a host-to-device copy, and on a GPU that would wait for the queued work at every training step."""
+    edges = strata_edges(T, n_t)
+    with torch.inference_mode(False):
+        lo = torch.tensor(edges[:-1], device=device)[:, None]
+        return lo, torch.tensor(edges[1:], device=device)[:, None] - lo
 
 
 def kl_sum(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "exact", n_t: int = 1,

@@ -2,8 +2,8 @@
 
 Paper time t = 1..T is stored at index t - 1. Every schedule is built in float64 and kept as a buffer,
 so it follows `.to(device)` and lands in the checkpoint; `.to(dtype)`, `.half()` and `.bfloat16()` leave it in
-float64 (a bf16 schedule would round beta_t near 1 to 1 and make K NaN). `Schedule(learned=True)` adds the paper's learned
-perturbation of beta_2..beta_T (section 2.4.1), written as the released code writes it
+float64 (a bf16 schedule would round beta_t near 1 to 1 and make K NaN). `Schedule(learned=True)` adds the
+paper's learned perturbation of beta_2..beta_T (section 2.4.1), written as the released code writes it
 (sigmoid(logit(baseline) + temporal-basis perturbation), PAPER.md 4.2), with beta_1 held fixed.
 """
 
