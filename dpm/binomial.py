@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from dpm.diffusion import Diffusion, at
+from dpm.diffusion import Diffusion, standard_uniform
 from dpm.schedules import Schedule
 
 EPS = 1e-6  # keeps logits finite where a kernel probability is exactly 0 or 1 (beta_T = 1)
@@ -53,24 +53,35 @@ class BinomialDiffusion(Diffusion):
             raise ValueError(f"binomial diffusion needs binary data (0 or 1); got values such as {bad}. "
                              "Use diffusion=gaussian for real-valued data.")
 
+    def derive(self, beta):
+        """The coefficients below, float64 [T] (ab = alpha_bar; on1 / on0 = q(x_t = 1 | x_{t-1} = 1 / 0))."""
+        ab = torch.cumprod(1.0 - beta, 0)
+        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        on1, on0 = 1 - beta + self.p * beta, self.p * beta
+        return {"alpha_bar": ab, "p_1m_ab": self.p * (1 - ab), "alpha_bar_prev": ab_prev,
+                "p_1m_ab_prev": self.p * (1 - ab_prev), "1m_beta": 1 - beta, "p_beta": self.p * beta,
+                "on1": on1, "off1": 1 - on1, "on0": on0, "off0": 1 - on0}
+
     def marginal(self, x0, t):
         """q(x_t = 1 | x_0) = x0 alpha_bar_t + p (1 - alpha_bar_t), t in 1..T."""
-        ab = at(self.alpha_bar(), t, x0)
-        return (x0 * ab + self.p * (1 - ab),)
+        return (x0 * self.coef("alpha_bar", t, x0) + self.coef("p_1m_ab", t, x0),)
 
-    def q_sample(self, x0, t, generator=None):
-        return torch.bernoulli(self.marginal(x0, t)[0], generator=generator)
+    def q_sample(self, x0, t, generator=None, keys=None):
+        """x_t ~ B(q(x_t = 1 | x_0)): 1 where a uniform draw falls below that probability. [N, *D]"""
+        prob = self.marginal(x0, t)[0]
+        if keys is None:
+            return torch.bernoulli(prob, generator=generator)
+        return (standard_uniform(x0, t, keys=keys) < prob).to(prob.dtype)
 
     def q_posterior(self, x0, xt, t):
         """q(x_{t-1} = 1 | x_t, x_0) for t in 2..T, by Bayes over the two states of x_{t-1}:
         q(x_t | x_{t-1}) q(x_{t-1} | x0), normalised. Strictly inside (0, 1) for 0 < beta_t and p in (0, 1)."""
-        beta = at(self.beta(), t, xt)
-        m = self.marginal(x0, t - 1)[0]
-        on1 = 1 - beta + self.p * beta  # q(x_t = 1 | x_{t-1} = 1)
-        on0 = self.p * beta  # q(x_t = 1 | x_{t-1} = 0)
-        lik1 = xt * on1 + (1 - xt) * (1 - on1)
-        lik0 = xt * on0 + (1 - xt) * (1 - on0)
-        return (lik1 * m / (lik1 * m + lik0 * (1 - m)),)
+        m = x0 * self.coef("alpha_bar_prev", t, x0) + self.coef("p_1m_ab_prev", t, x0)  # q(x_{t-1} = 1 | x0)
+        not_xt = 1 - xt
+        lik1 = xt * self.coef("on1", t, xt) + not_xt * self.coef("off1", t, xt)  # q(x_t | x_{t-1} = 1)
+        lik0 = xt * self.coef("on0", t, xt) + not_xt * self.coef("off0", t, xt)  # q(x_t | x_{t-1} = 0)
+        num = lik1 * m
+        return (num / (num + lik0 * (1 - m)),)
 
     def p_params(self, out, xt, t):
         """p(x_{t-1} = 1 | x_t) = sigmoid(logit(x_t (1 - beta_t) + p beta_t) + z), z = out[:, 0] [N, *D].
@@ -81,8 +92,7 @@ class BinomialDiffusion(Diffusion):
         return (torch.sigmoid(torch.logit(fwd) + out[:, 0]).clamp(EPS, 1 - EPS),)
 
     def forward_kernel(self, x, t):
-        beta = at(self.beta(), t, x)
-        return (x * (1 - beta) + self.p * beta,)
+        return (x * self.coef("1m_beta", t, x) + self.coef("p_beta", t, x),)
 
     def kl(self, q, p):
         return bernoulli_kl(q[0], p[0])

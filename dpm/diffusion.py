@@ -8,25 +8,49 @@ A distribution's parameters travel as a tuple of tensors ("params") whose meanin
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
+from dpm.keyed import NOISE, Keys
 from dpm.schedules import Schedule
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # net(xt [N, *D], t [N]) -> [N, n_outputs, *D]
 Params = tuple[torch.Tensor, ...]
 
 
-def at(arr: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """arr[t - 1] for paper times t [N], shaped [N, 1, ...] to broadcast against `like` [N, *D], in like's dtype."""
-    return arr[t - 1].to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
 def sum_dims(x: torch.Tensor) -> torch.Tensor:
     """[N, *D] -> [N]."""
     return x.flatten(1).sum(1)
+
+
+def standard_normal(like: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+                    keys: Keys | None = None) -> torch.Tensor:
+    """N(0, I) noise shaped like `like` [N, *D] for the forward draw at times t [N]: from `generator`
+    (a stream), or keyed by (seed, example index, NOISE, t) when keys are given."""
+    if keys is not None:
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        return keys.normal((NOISE, t), like.shape[1:], dtype).to(like.dtype)
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def standard_uniform(like: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+                     keys: Keys | None = None) -> torch.Tensor:
+    """U(0, 1) shaped like `like` [N, *D] for the forward draw at times t [N] (see standard_normal)."""
+    if keys is not None:
+        return keys.uniform((NOISE, t), like.shape[1:], torch.float64 if like.dtype == torch.float64 else torch.float32)
+    return torch.rand(like.shape, generator=generator, device=like.device,
+                      dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+
+
+def check_source(generator: torch.Generator | None, keys: Keys | None, n: int) -> None:
+    """A draw takes its randomness from a generator or from keys (one per example), not both."""
+    if keys is not None and generator is not None:
+        raise ValueError("pass a generator (streamed draws) or keys (keyed draws), not both")
+    if keys is not None and len(keys) != n:
+        raise ValueError(f"{len(keys)} keys for a batch of {n} examples")
 
 
 class Diffusion(nn.Module):
@@ -39,6 +63,9 @@ class Diffusion(nn.Module):
         super().__init__()
         self.schedule = schedule
         self.T = schedule.T
+        self._tables: dict[torch.dtype, dict[str, torch.Tensor]] | None = None
+        self._tables_key: tuple | None = None
+        self._pass_tables: dict[torch.dtype, dict[str, torch.Tensor]] | None = None
 
     # ---- schedule-derived quantities, float64 [T] -------------------------------------------------
     def beta(self) -> torch.Tensor:
@@ -48,6 +75,58 @@ class Diffusion(nn.Module):
         """prod_{s<=t} (1 - beta_s), float64 [T] (exactly 0 at t = T for the binomial schedule)."""
         return torch.cumprod(1.0 - self.beta(), 0)
 
+    # ---- the same, precomputed: the tables the math reads at t -----------------------------------
+    def derive(self, beta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-t coefficients this kind reads, from beta float64 [T]: name -> float64 [T] (t = 1..T).
+
+        Computed in float64 and kept by tables() as float32 and float64 copies."""
+        return {"beta": beta, "alpha_bar": torch.cumprod(1.0 - beta, 0)}
+
+    def _build_tables(self) -> dict[torch.dtype, dict[str, torch.Tensor]]:
+        with torch.autocast(device_type=self.schedule.base.device.type, enabled=False):
+            derived = self.derive(self.schedule())
+        # [T + 1] with a NaN at index 0, so a table is read at paper time t directly (and t = 0 shows up)
+        pad = {name: torch.cat([v.new_full((1,), float("nan")), v]) for name, v in derived.items()}
+        return {dtype: {name: v.to(dtype) for name, v in pad.items()} for dtype in (torch.float32, torch.float64)}
+
+    def tables(self) -> dict[torch.dtype, dict[str, torch.Tensor]]:
+        """{float32: {name: [T + 1]}, float64: {...}}: derive()'s tables padded to be read at t (index 0 unused),
+        on the schedule's device.
+
+        A fixed schedule's tables are built once and rebuilt only when the schedule's tensors change (device,
+        load_state_dict, an optimizer step on a learned schedule: their version counters). They are plain
+        attributes, not buffers: never in a checkpoint, never broadcast by DDP or averaged by EMA, and never cast
+        by module.to(dtype), so bf16 and fp16 modules keep float32 coefficients. A learned schedule under autograd
+        gets fresh tables with their graph (once per one_pass(), e.g. once per K_per_example).
+        """
+        if self._pass_tables is not None:
+            return self._pass_tables
+        if self.schedule.learned and torch.is_grad_enabled():
+            return self._build_tables()
+        key = tuple((p.data_ptr(), p._version, p.device) for p in self.schedule.tensors())
+        if self._tables is None or key != self._tables_key:
+            with torch.inference_mode(False), torch.no_grad():  # ordinary tensors even inside inference_mode
+                self._tables, self._tables_key = self._build_tables(), key
+        return self._tables
+
+    def coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Table `name` at paper times t [N], shaped [N, 1, ...] to broadcast against like [N, *D]: float64 for
+        float64 data, float32 otherwise (under autocast, bf16 or fp16 too, so the bound stays in float32)."""
+        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+        return self.tables()[dtype][name][t].view(-1, *([1] * (like.dim() - 1)))
+
+    @contextmanager
+    def one_pass(self) -> Iterator[None]:
+        """Within it, every read shares one set of tables (a learned schedule's are built once, with its graph)."""
+        if self._pass_tables is not None:
+            yield
+            return
+        self._pass_tables = self.tables()
+        try:
+            yield
+        finally:
+            self._pass_tables = None
+
     # ---- what each kind defines ---------------------------------------------------------------------
     def check_data(self, x0: torch.Tensor) -> None:
         """Raise ValueError when x0 is not data this diffusion can model."""
@@ -56,8 +135,11 @@ class Diffusion(nn.Module):
         """q(x_t | x_0)."""
         raise NotImplementedError
 
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A draw of x_t ~ q(x_t | x_0), differentiable in beta where the kind allows (frozen noise, paper 3.5)."""
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+                 keys: Keys | None = None) -> torch.Tensor:
+        """A draw of x_t ~ q(x_t | x_0), differentiable in beta where the kind allows (frozen noise, paper 3.5).
+
+        The noise comes from `generator` (a stream) or, with keys, from each example's (seed, index, NOISE, t)."""
         raise NotImplementedError
 
     def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> Params:
@@ -98,18 +180,21 @@ class Diffusion(nn.Module):
         raise NotImplementedError
 
     # ---- the bound ----------------------------------------------------------------------------------
-    def kl_term(self, net: Net, x0: torch.Tensor, t: torch.Tensor,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def kl_term(self, net: Net, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
+                keys: Keys | None = None) -> torch.Tensor:
         """KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) at one draw of x_t ~ q(x_t|x_0), summed over dims: [N] nats.
 
         The term of Eq. 14 for each example's own t (t [N], 2..T). The network may run under autocast; its
-        output is cast to float32 and the distributions are computed with autocast off.
+        output is cast to float32 and the distributions are computed with autocast off. x_t is drawn from
+        `generator` or keyed (keys: dpm.keyed.Keys, one per example).
         """
-        xt = self.q_sample(x0, t, generator)
-        out = net(xt, t)
-        with torch.autocast(device_type=x0.device.type, enabled=False):
-            out = out.float()
-            return sum_dims(self.kl(self.q_posterior(x0, xt, t), self.p_params(out, xt, t)))
+        check_source(generator, keys, x0.shape[0])
+        with self.one_pass():
+            xt = self.q_sample(x0, t, generator, keys)
+            out = net(xt, t)
+            with torch.autocast(device_type=x0.device.type, enabled=False):
+                out = out.float()
+                return sum_dims(self.kl(self.q_posterior(x0, xt, t), self.p_params(out, xt, t)))
 
     def bound_const(self, x0: torch.Tensor) -> torch.Tensor:
         """The terms of K that involve no network, exactly, per example: [N] nats.
@@ -121,7 +206,7 @@ class Diffusion(nn.Module):
         """
         T = torch.full((x0.shape[0],), self.T, device=x0.device, dtype=torch.long)
         one = torch.ones_like(T)
-        with torch.autocast(device_type=x0.device.type, enabled=False):
+        with torch.autocast(device_type=x0.device.type, enabled=False), self.one_pass():
             x0 = x0.float()
             qT, q1 = self.marginal(x0, T), self.marginal(x0, one)
             per_dim = (-self.prior_cross_entropy(qT) + self.entropy(qT) - self.entropy(q1)

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dpm.diffusion import Diffusion, Params, at
+from dpm.diffusion import Diffusion, Params, standard_normal
 from dpm.schedules import Schedule
 
 LOG_2PI = math.log(2 * math.pi)
@@ -47,47 +47,53 @@ class GaussianDiffusion(Diffusion):
             raise ValueError(f"diffusion.reverse_form={reverse_form!r} is unknown; valid choices: {list(REVERSE_FORMS)}")
         self.reverse_form = reverse_form
 
+    def derive(self, beta: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every coefficient below, float64 [T] from beta float64 [T] (ab = alpha_bar)."""
+        ab = torch.cumprod(1.0 - beta, 0)
+        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        one_m_ab = 1.0 - ab
+        # t = 1 has no posterior (var 0); a placeholder keeps log() and its gradient finite for learned beta
+        var_post = torch.cat([beta[:1], (beta * (1.0 - ab_prev) / one_m_ab)[1:]])
+        return {
+            "sqrt_ab": ab.sqrt(), "log1m_ab": torch.log1p(-ab), "sqrt_1m_ab": one_m_ab.sqrt(),
+            "post_c0": ab_prev.sqrt() * beta / one_m_ab,
+            "post_ct": (1.0 - beta).sqrt() * (1.0 - ab_prev) / one_m_ab,
+            "post_logvar": var_post.log(),
+            "sqrt_beta": beta.sqrt(), "sqrt_1m_beta": (1.0 - beta).sqrt(), "log_beta": beta.log(),
+            "logit_beta": torch.logit(beta),
+        }
+
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> Params:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x0, 1 - alpha_bar_t)."""
-        ab = self.alpha_bar()
-        return at(ab.sqrt(), t, x0) * x0, at(torch.log1p(-ab), t, x0).expand_as(x0)
+        return self.coef("sqrt_ab", t, x0) * x0, self.coef("log1m_ab", t, x0).expand_as(x0)
 
-    def q_sample(self, x0, t, generator=None):
+    def q_sample(self, x0, t, generator=None, keys=None):
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, eps ~ N(0, I): [N, *D]."""
-        mean, logvar = self.marginal(x0, t)
-        eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return mean + torch.exp(0.5 * logvar) * eps
+        eps = standard_normal(x0, t, generator, keys)
+        xt = self.coef("sqrt_ab", t, x0) * x0 + self.coef("sqrt_1m_ab", t, x0) * eps
+        return xt.to(x0.dtype)
 
     def q_posterior(self, x0, xt, t):
         """q(x_{t-1} | x_t, x_0) = N(mu_post, var_post) for t >= 2, the product of two Gaussians (PAPER.md 1.2):
         var_post = beta_t (1 - ab_{t-1}) / (1 - ab_t),
         mu_post = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) xt."""
-        beta, ab = self.beta(), self.alpha_bar()
-        ab_prev = torch.cat([ab.new_ones(1), ab[:-1]])
-        one_m_ab = 1.0 - ab
-        c0 = ab_prev.sqrt() * beta / one_m_ab
-        ct = (1.0 - beta).sqrt() * (1.0 - ab_prev) / one_m_ab
-        # t = 1 has no posterior (var 0); a placeholder keeps log() and its gradient finite for learned beta
-        var_post = torch.cat([beta[:1], (beta * (1.0 - ab_prev) / one_m_ab)[1:]])
-        mu_post = at(c0, t, x0) * x0 + at(ct, t, xt) * xt
-        return mu_post, at(var_post.log(), t, x0).expand_as(x0)
+        mu_post = self.coef("post_c0", t, x0) * x0 + self.coef("post_ct", t, xt) * xt
+        return mu_post, self.coef("post_logvar", t, x0).expand_as(x0)
 
     def p_params(self, out, xt, t):
         """p(x_{t-1} | x_t) = N(mu, var) from out [N, 2, *D] = (z_mu, z_var)."""
         z_mu, z_var = out[:, 0], out[:, 1]
-        beta = self.beta()
-        logit_beta = at(torch.logit(beta), t, xt)
+        logit_beta = self.coef("logit_beta", t, xt)
         if self.reverse_form == "code":
             logvar = F.logsigmoid(z_var / self.T**0.5 + logit_beta)
-            mu = at((1.0 - beta).sqrt(), t, xt) * xt + at(beta.sqrt(), t, xt) * z_mu
+            mu = self.coef("sqrt_1m_beta", t, xt) * xt + self.coef("sqrt_beta", t, xt) * z_mu
         else:
             logvar = F.logsigmoid(z_var + logit_beta)
             mu = (xt - z_mu) * (1.0 - torch.exp(logvar)) + z_mu
         return mu, logvar
 
     def forward_kernel(self, x, t):
-        beta = self.beta()
-        return at((1.0 - beta).sqrt(), t, x) * x, at(beta.log(), t, x).expand_as(x)
+        return self.coef("sqrt_1m_beta", t, x) * x, self.coef("log_beta", t, x).expand_as(x)
 
     def kl(self, q, p):
         return normal_kl(q[0], q[1], p[0], p[1])

@@ -1,8 +1,9 @@
 """Forward diffusion-rate schedules beta_1..beta_T (PAPER.md section 4).
 
 Paper time t = 1..T is stored at index t - 1. Every schedule is built in float64 and kept as a buffer,
-so it follows `.to(device)` and lands in the checkpoint. `Schedule(learned=True)` adds the paper's learned
-perturbation of beta_2..beta_T (section 2.4.1), written as the released code writes it
+so it follows `.to(device)` and lands in the checkpoint; `.to(dtype)`, `.half()` and `.bfloat16()` leave it in
+float64 (a bf16 schedule would round beta_t near 1 to 1 and make K NaN). `Schedule(learned=True)` adds the
+paper's learned perturbation of beta_2..beta_T (section 2.4.1), written as the released code writes it
 (sigmoid(logit(baseline) + temporal-basis perturbation), PAPER.md 4.2), with beta_1 held fixed.
 """
 
@@ -87,6 +88,17 @@ class Schedule(nn.Module):
         if learned:
             self.register_buffer("basis", bump_basis(self.T, n_basis).to(torch.float64))  # [T, J]
             self.perturb = nn.Parameter(torch.zeros(n_basis, dtype=torch.float64))
+
+    def _apply(self, fn, recurse=True):
+        """Moves follow the module (device); dtype casts do not: the schedule and its parameters stay float64."""
+        def keep_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(out.device)
+        return super()._apply(keep_dtype, recurse)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors beta is computed from (base, and for a learned schedule basis and perturb)."""
+        return [self.base, self.basis, self.perturb] if self.learned else [self.base]
 
     def forward(self) -> torch.Tensor:
         """beta_t for t = 1..T, float64 [T]."""

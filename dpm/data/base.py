@@ -9,6 +9,8 @@ import torch
 import lightning as L
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from dpm.keyed import Keys
+
 SPLITS = ("train", "val", "test")
 
 
@@ -97,8 +99,11 @@ class DataModule(L.LightningDataModule):
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.shift) / self.scale
 
-    def dequantize(self, x0: torch.Tensor) -> torch.Tensor:
-        """Noise added to each batch on the device before the bound (images: one quantisation bin)."""
+    def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise added to each batch on the device before the bound (images: one quantisation bin): from
+        `generator` (default: the device's global one), or keyed by each example's (seed, index) with keys
+        (dpm.keyed.Keys), the same in any batch."""
         return x0
 
     def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:

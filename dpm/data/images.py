@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from dpm.data.base import DataModule
+from dpm.keyed import Keys
+from dpm.keyed import dequantize as keyed_dequantize
 
 DEQUANTIZATIONS = ("bin", "released", "none")
 
@@ -112,12 +114,16 @@ class ImageDataModule(DataModule):
             return self.bin_width * self.scale
         return 0.0
 
-    def dequantize(self, x0: torch.Tensor) -> torch.Tensor:
-        """x0 + u, u ~ U(-w/2, w/2) per element (PAPER.md 5.6), [N, C, H, W]; the global torch RNG of x0's device."""
+    def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0 + u, u ~ U(-w/2, w/2) per element (PAPER.md 5.6), [N, C, H, W]: from `generator` (default: the global
+        torch RNG of x0's device), or keyed by each example's (seed, index) with keys (dpm.keyed.dequantize)."""
         w = self.dequantization_width
         if w == 0.0:
             return x0
-        return x0 + (torch.rand_like(x0) - 0.5) * w
+        if keys is not None:
+            return keyed_dequantize(x0, w, keys)
+        return x0 + (torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) - 0.5) * w
 
     # ---- reporting ----------------------------------------------------------------------------------
     @property

@@ -1,0 +1,55 @@
+"""python -m dpm.bench at tiny sizes on the CPU: it produces its numbers (speeds are not asserted)."""
+
+import json
+import math
+
+import pytest
+
+from dpm.bench import format_report, main, parse_args
+
+TINY_CONV = ["net.n_hidden_conv=4", "net.n_layers_conv=1", "net.n_hidden_dense_lower=8", "net.n_layers_dense_lower=2",
+             "net.n_hidden_dense_lower_output=1", "net.n_hidden_dense_upper=4", "net.n_layers_dense_upper=1"]
+
+
+def check_rates(section):
+    for key in ("module_images_per_s", "plain_images_per_s", "ratio", "ratio_min", "ratio_max"):
+        assert math.isfinite(section[key]) and section[key] > 0, key
+    low, high = section["ratio_min"] * (1 - 1e-9), section["ratio_max"] * (1 + 1e-9)
+    assert low <= section["ratio"] <= high and low <= section["ratio_median"] <= high
+
+
+def test_swiss_roll_bench_writes_its_numbers(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    result = main(["--preset", "swiss_roll", "--steps", "4", "--rounds", "2", "--warmup", "1", "--batch", "32",
+                   "--forward-steps", "2", "--forward-batch", "16", "--bound-n", "12", "--bound-batch", "5",
+                   "--no-progress-bar", "--json", str(out), "T=6", "dataset.n_train=200"])
+    assert json.loads(out.read_text()) == result
+    assert result["device_type"] == "cpu" and result["precision"] == "32-true" and result["T"] == 6
+    check_rates(result["train"])
+    check_rates(result["forward"])
+    assert result["train"]["steps_per_side"] == 4 and result["train"]["images_per_step"] == 32
+    assert result["forward"]["images_per_step"] == 16 * result["val_n_t"]
+    bound = result["bound"]
+    assert bound["complete"] and bound["terms_done"] == 12 * 5 and bound["seconds_for_n"] > 0
+    printed = capsys.readouterr().out
+    assert "train images/s" in printed and "(a)/(b)" in printed and "exact bound, 12 images at T = 6" in printed
+
+
+def test_cifar10_preset_runs_on_random_images_and_extrapolates_the_bound():
+    result = main(["--preset", "cifar10", "--steps", "2", "--rounds", "1", "--warmup", "1", "--batch", "4",
+                   "--no-forward", "--bound-n", "40", "--bound-batch", "4", "--bound-max-seconds", "1e-9",
+                   "--no-progress-bar", "--no-logger", "T=5", "dataset.n_train=64", "dataset.n_val=16",
+                   "dataset.n_test=16", *TINY_CONV])
+    check_rates(result["train"])
+    assert "forward" not in result
+    bound = result["bound"]
+    assert not bound["complete"] and 0 < bound["terms_done"] < 40 * 4
+    assert bound["seconds_for_n"] > bound["seconds"]
+    assert "extrapolated" in format_report(result)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "nosuchpreset"])
+    with pytest.raises(SystemExit):
+        parse_args(["--steps", "2", "--rounds", "5"])
