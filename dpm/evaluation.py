@@ -13,6 +13,7 @@ from dpm.bound import ESTIMATORS, mean_and_stderr
 from dpm.checks import ConfigError
 from dpm.data.base import DataModule
 from dpm.files import write_json
+from dpm.keyed import Keys
 from dpm.module import DiffusionModule
 from dpm.paper import TABLE1
 from dpm.progress import Progress, announce, time_per_call
@@ -51,33 +52,25 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
     terms = T - 1 if estimator == "exact" else n_t
     start = time.perf_counter()
     Ks, L_nulls, truths = [], [], []
-    with torch.no_grad():
-        loader = dm.loader(split, batch_size)
-        first = True
-        with Progress(n * terms, f"{estimator} bound", unit="term", enabled=progress) as bar:
-            seen = 0
-            for (x0,) in loader:
-                if seen >= n:
-                    break
-                x0 = x0[: n - seen].to(device)
-                if first:
-                    torch.manual_seed(seed)
-                    if progress:
-                        seconds = estimate_seconds(module, dm.dequantize(x0), estimator, n_t, n)
-                        announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}",
-                                 seconds)
-                    torch.manual_seed(seed)  # the warm-up's draws do not change the result
-                    first = False
-                x0 = dm.dequantize(x0)
-                K, L_null = module.bound(x0, estimator, n_t, on_terms=bar.update)
-                Ks.append(K.cpu())
-                L_nulls.append(L_null.cpu())
-                truth = dm.true_log_likelihood(x0) if hasattr(dm, "true_log_likelihood") else None
-                if truth is not None:
-                    truths.append(module.to_units(truth).cpu())
-                seen += len(x0)
-                mean, se = mean_and_stderr(torch.cat(Ks))
-                bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
+    with torch.no_grad(), Progress(n * terms, f"{estimator} bound", unit="term", enabled=progress) as bar:
+        for x0, index in dm.loader(split, batch_size, rank=0, world=1):
+            if index[0] >= n:
+                break
+            x0, index = x0[: n - int(index[0])].to(device), index[: n - int(index[0])].to(device)
+            keys = Keys(seed, index)  # each example's t, noise and dequantisation: the same in any batch
+            x0 = dm.dequantize(x0, keys=keys)
+            if not Ks and progress:
+                seconds = estimate_seconds(module, x0, estimator, n_t, n)
+                announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}",
+                         seconds)
+            K, L_null = module.bound(x0, estimator, n_t, on_terms=bar.update, keys=keys)
+            Ks.append(K.cpu())
+            L_nulls.append(L_null.cpu())
+            truth = dm.true_log_likelihood(x0) if hasattr(dm, "true_log_likelihood") else None
+            if truth is not None:
+                truths.append(module.to_units(truth).cpu())
+            mean, se = mean_and_stderr(torch.cat(Ks))
+            bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
     K, L_null = torch.cat(Ks), torch.cat(L_nulls)
     K_mean, K_se = mean_and_stderr(K)
     gain_mean, gain_se = mean_and_stderr(K - L_null)

@@ -12,6 +12,7 @@ from torchmetrics import MeanMetric
 
 from dpm.bound import LN2, K_per_example
 from dpm.diffusion import Diffusion
+from dpm.keyed import Keys, step_generator
 from dpm.resume import patch_optimizer_state
 
 
@@ -24,15 +25,18 @@ class DiffusionModule(L.LightningModule):
 
     units_per_example: K is reported per example divided by this (H x W for bits/pixel, else 1).
     optimizer / lr_scheduler: partials taking the parameters / the optimizer (Hydra `_partial_` nodes).
-    val_n_t: stratified draws of t per validation example (the `mc` estimator); val_seed: the seed every
-    validation draws them from.
+    val_n_t: stratified draws of t per validation example (the `mc` estimator); val_seed: validation's draws are
+    keyed by (val_seed, example index), the same at every validation, for any batch size or number of devices.
+    Training draws t, noise and dequantisation from a generator seeded by (seed, rank, global step)
+    (dpm.keyed.step_generator): a resumed run repeats an uninterrupted one's draws on every rank.
     max_nonfinite: this many non-finite losses or gradients in a row stop the run; each one is skipped.
     """
 
     def __init__(self, net: nn.Module, diffusion: Diffusion, optimizer: Callable[..., torch.optim.Optimizer],
                  lr_scheduler: Callable[..., Any] | None = None, units_per_example: int = 1, unit: str = "bits",
                  val_n_t: int = 4, val_seed: int = 12345, max_nonfinite: int = 20,
-                 run_config: dict | None = None) -> None:
+                 run_config: dict | None = None, seed: int = 0,
+                 dequantize: Callable[..., torch.Tensor] | None = None) -> None:
         super().__init__()
         self.net, self.diffusion = net, diffusion
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -42,11 +46,9 @@ class DiffusionModule(L.LightningModule):
         self.run_config = run_config or {}  # the resolved config, saved in every checkpoint
         self.val_K, self.val_K_minus_L_null = MeanMetric(), MeanMetric()
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
-
-    def on_fit_start(self) -> None:
-        # seed_everything gives every DDP rank the same seed: offset it so ranks draw different t and noise
-        if self.global_rank > 0:
-            torch.manual_seed(torch.initial_seed() + self.global_rank)
+        self.seed = seed
+        self.dequantize = dequantize or (lambda x0, keys=None, generator=None: x0)  # the data module's (images)
+        self._generator: torch.Generator | None = None
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(xt, t)
@@ -55,14 +57,20 @@ class DiffusionModule(L.LightningModule):
         """Per-example nats [N] -> the reporting unit (bits, bits/seq or bits/pixel)."""
         return nats / (LN2 * self.units_per_example)
 
-    def bound(self, x0: torch.Tensor, estimator: str, n_t: int = 1,
-              on_terms: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, L_null) per example in the reporting unit, [N] each; on_terms reports progress (dpm.bound.kl_sum)."""
-        K = K_per_example(self.diffusion, self.net, x0, estimator, n_t, on_terms=on_terms)
+    def bound(self, x0: torch.Tensor, estimator: str, n_t: int = 1, on_terms: Callable[[int], None] | None = None,
+              keys: Keys | None = None, generator: torch.Generator | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, L_null) per example in the reporting unit, [N] each, its draws from keys (per example) or
+        generator; on_terms reports progress (dpm.bound.kl_sum)."""
+        K = K_per_example(self.diffusion, self.net, x0, estimator, n_t, generator=generator, on_terms=on_terms,
+                          keys=keys)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
 
-    def training_step(self, x0: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        K, L_null = self.bound(x0, "mc", 1)
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x0, _ = batch
+        self._generator = step_generator(self.seed, self.global_rank, self.global_step, x0.device, self._generator)
+        x0 = self.dequantize(x0, generator=self._generator)
+        K, L_null = self.bound(x0, "mc", 1, generator=self._generator)
         loss = -(K - L_null).mean()
         # Even a non-finite loss goes through backward: under DDP every rank must reach the gradient all-reduce,
         # and the all-reduced non-finite gradients then make every rank skip this step together (below).
@@ -91,17 +99,10 @@ class DiffusionModule(L.LightningModule):
                                 f"{self.global_step}; stopping (each was skipped, so the weights are finite). Try a "
                                 "lower optimizer.lr or trainer.precision=32-true.")
 
-    def on_validation_epoch_start(self) -> None:
-        # Every validation draws the same t, noise and dequantisation noise (a smoother val/K curve), and
-        # leaves the training streams untouched, so a resumed run continues exactly as an uninterrupted one.
-        self._rng_outside_validation = rng_states()
-        torch.manual_seed(self.val_seed + self.global_rank)
-
-    def on_validation_epoch_end(self) -> None:
-        set_rng_states(self._rng_outside_validation)
-
-    def validation_step(self, x0: torch.Tensor, batch_idx: int) -> None:
-        K, L_null = self.bound(x0, "mc", self.val_n_t)
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x0, index = batch
+        keys = Keys(self.val_seed, index)  # each example's t, noise and dequantisation: the same every validation
+        K, L_null = self.bound(self.dequantize(x0, keys=keys), "mc", self.val_n_t, keys=keys)
         self.val_K.update(K)
         self.val_K_minus_L_null.update(K - L_null)
         self.log("val/K", self.val_K, prog_bar=True)
@@ -116,31 +117,14 @@ class DiffusionModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dpm_config"] = self.run_config
-        # t and the forward noise come from torch's global generators: resume continues their streams
-        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # torch.compile'd networks save their weights under net._orig_mod.*
         checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
         if self._trainer is None:  # a plain load (evaluate.py), not a resumed fit
             return
-        rng = checkpoint.get("rng_states")
-        if rng is not None:
-            set_rng_states(rng)
         # The command's optimizer settings win over the saved ones (dpm.resume): Lightning restores the
         # optimizer and scheduler states from this dict after this hook.
         patch_optimizer_state(checkpoint, self.run_config.get("optimizer", {}))
         checkpoint["dpm_config"] = self.run_config
 
-
-def rng_states() -> dict:
-    """torch's global CPU and CUDA generator states, where t and the forward noise are drawn from."""
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states: dict) -> None:
-    """Restore rng_states(); CUDA states only on a machine with the same number of GPUs."""
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])

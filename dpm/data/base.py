@@ -29,21 +29,38 @@ def as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
 
 
 class EpochShuffle(Sampler[int]):
-    """A random order that depends only on (seed, epoch): a run resumed at an epoch boundary sees the same
-    batches as one that never stopped (Lightning calls set_epoch before every epoch)."""
+    """This rank's share of a random order that depends only on (seed, epoch): a run resumed at an epoch boundary
+    sees the same batches as one that never stopped (Lightning calls set_epoch before every epoch). With
+    `world` processes, rank r takes every world-th example of the order from r, all shares equally long (the
+    last n mod world examples of an epoch's order wait for another epoch)."""
 
-    def __init__(self, n: int, seed: int = 0) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.epoch, self.rank, self.world = n, seed, 0, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return self.n // self.world
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+        order = torch.randperm(self.n, generator=g)[: len(self) * self.world]
+        return iter(order[self.rank:: self.world].tolist())
+
+
+class Shard(Sampler[int]):
+    """Examples rank, rank + world, ... of a split, in order: every example on exactly one rank, none repeated
+    (a DistributedSampler pads with duplicates, which would count them twice in K)."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.rank, self.world = n, rank, world
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
 
 
 class DataModule(L.LightningDataModule):
@@ -140,23 +157,28 @@ class DataModule(L.LightningDataModule):
         self.shift, self.scale = state["shift"], state["scale"]
         self.splits = {}
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        return self.dequantize(batch[0] if isinstance(batch, (list, tuple)) else batch)
-
-    def _world_size(self) -> int:
+    def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
-        return trainer.world_size if trainer is not None else 1
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False) -> DataLoader:
+    def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False, rank: int | None = None,
+               world: int | None = None) -> DataLoader:
+        """Batches (x0 [B, *D], index [B]) of this process's share of a split: the example indices key the
+        evaluation's random draws (dpm.keyed). The loaders shard themselves (the Trainer runs with
+        use_distributed_sampler=False); batch_size is global, each of `world` processes gets batch_size // world."""
         self.setup()
-        per_device = max(1, (batch_size or self.eval_batch_size) // self._world_size())
-        n = len(self.splits[split])
-        return DataLoader(BatchTensorDataset(self.splits[split]), batch_size=per_device, collate_fn=as_batch,
-                          sampler=EpochShuffle(n, self.seed) if shuffle else None,
-                          drop_last=shuffle and n >= per_device,
+        if rank is None or world is None:
+            rank, world = self._rank_and_world()
+        per_device = max(1, (batch_size or self.eval_batch_size) // world)
+        data = self.splits[split]
+        n = len(data)
+        sampler = EpochShuffle(n, self.seed, rank, world) if shuffle else Shard(n, rank, world)
+        return DataLoader(BatchTensorDataset(data, torch.arange(n)), batch_size=per_device, collate_fn=as_batch,
+                          sampler=sampler, drop_last=shuffle and len(sampler) >= per_device,
                           # its own generator for worker seeds: iterating never draws from torch's global RNG
                           generator=torch.Generator().manual_seed(self.seed),
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available() and data.device.type == "cpu")
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", self.batch_size, shuffle=True)
