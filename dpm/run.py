@@ -20,8 +20,9 @@ from dpm.data.base import SPLITS, DataModule
 from dpm.figures import draw
 from dpm.module import DiffusionModule
 from dpm.paper import TABLE1
+from dpm.tasks import TASKS as POSTERIOR_TASKS
 
-TASKS = ("bound", "sample")
+TASKS = ("bound", "sample", *POSTERIOR_TASKS)
 WEIGHTS = ("auto", "raw", "ema")
 
 
@@ -139,6 +140,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path) -> dict:
         path = draw(module, dm, out_dir / "samples.png", cfg.seed)
         print(f"wrote {path}")
         return {"figure": str(path)}
+    if cfg.task in POSTERIOR_TASKS:  # inpaint, denoise, complete, constrain, parzen (dpm.tasks)
+        return POSTERIOR_TASKS[cfg.task](module, dm, cfg, out_dir, device)
     return bound(module, dm, cfg, out_dir, weights, device)
 
 
