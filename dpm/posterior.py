@@ -3,7 +3,9 @@ App. C; PAPER.md 6).
 
 The target is p~(x0) ∝ p(x0) r(x0). Each reverse kernel becomes p~(x_{t-1}|x_t) ∝ p(x_{t-1}|x_t) r_{t-1}(x_{t-1})
 (Eq. 22), with r_t = r at every t (Eq. 23, the paper's choice) or tempered, r_t = r^((T - t)/T), which leaves
-p~(x_T) = pi and applies all of r at x_0 (paper 2.5.4). This module gives the kernels as pure torch functions and
+p~(x_T) = pi and applies all of r at x_0 (paper 2.5.4). For a delta r on known coordinates a third choice,
+"diffused", draws the known coordinates of x_{t-1} from the forward marginal q(x_{t-1} | x_0 = the given values)
+(the replacement method of later work, Song et al. 2021; not in the paper) and clamps them at x_0. This module gives the kernels as pure torch functions and
 packs a list of factors r into the `perturb(p, x_t, t) -> p~` hook of Diffusion.sample.
 
 Shapes: a kernel's parameters `p` are the diffusion's params, each [N, *D]: Gaussian (mu, log var), binomial
@@ -21,7 +23,7 @@ import torch
 
 from dpm.diffusion import Params
 
-R_OVER_T = ("constant", "tempered")
+R_OVER_T = ("constant", "tempered", "diffused")
 Perturb = Callable[[Params, torch.Tensor, torch.Tensor], Params]
 LogR = Callable[[torch.Tensor], torch.Tensor]  # log r(x) for x [N, *D] -> [N], differentiable
 
@@ -30,8 +32,8 @@ def r_exponent(t: torch.Tensor, T: int, over_t: str) -> torch.Tensor:
     """The power w of r in the kernel from x_t into x_{t-1}, for paper times t [N] in 1..T: float64 [N].
 
     "constant": w = 1 (Eq. 23). "tempered": r_{t-1} = r^((T - (t - 1))/T), i.e. w = 1/T at the first step
-    (t = T) rising to w = 1 at the last (t = 1, into x_0)."""
-    if over_t == "constant":
+    (t = T) rising to w = 1 at the last (t = 1, into x_0). "diffused" uses no power: w = 1."""
+    if over_t in ("constant", "diffused"):
         return torch.ones(t.shape, dtype=torch.float64, device=t.device)
     if over_t == "tempered":
         return (T - t + 1).double() / T
@@ -90,7 +92,28 @@ def clamp(p: Params, known: torch.Tensor, x_known: torch.Tensor, kind: str) -> P
     raise ValueError(f"no clamp for diffusion kind {kind!r}")
 
 
-# ---- factors r, each applied to a kernel with the exponent w of the step --------------------------------------
+def diffused_clamp(p: Params, known: torch.Tensor, x_known: torch.Tensor, t: torch.Tensor, diffusion) -> Params:
+    """The known coordinates of x_{t-1} drawn from q(x_{t-1} | x_0 = x_known) (diffusion.marginal), the others
+    from p; at the last step (t = 1) the clamp itself. So the network sees known coordinates as noisy as the rest
+    of x_t, as in training. p [N, *D]; known bool, x_known broadcastable to [N, *D]; t [N] paper times."""
+    q = diffusion.marginal(x_known.expand_as(p[0]), (t - 1).clamp_min(1))
+    replaced = tuple(torch.where(known, q_i.expand_as(p_i), p_i) for q_i, p_i in zip(q, p))
+    last = (t == 1).reshape(-1, *([1] * (p[0].dim() - 1)))
+    return tuple(torch.where(last, c, r) for c, r in zip(clamp(p, known, x_known, diffusion.kind), replaced))
+
+
+# ---- factors r, each applied to a kernel at one step ------------------------------------------------------------
+@dataclass
+class Step:
+    """What a factor needs of the step from x_t into x_{t-1}: t [N], the exponent w of r (broadcastable to
+    [N, *D]), the choice of r over t, and the diffusion (its kind and forward marginals)."""
+
+    t: torch.Tensor
+    w: torch.Tensor
+    over_t: str
+    diffusion: object
+
+
 @dataclass
 class GaussianR:
     """r(x) = N(x; mu_r, var_r), diagonal (denoising: mu_r = y, var_r = sigma_d^2; soft constraints).
@@ -100,20 +123,24 @@ class GaussianR:
     var_r: torch.Tensor | float
     kinds = ("gaussian",)
 
-    def __call__(self, p: Params, w: torch.Tensor, kind: str) -> Params:
-        return gaussian_product(p, self.mu_r, self.var_r / w)
+    def __call__(self, p: Params, step: Step) -> Params:
+        return gaussian_product(p, self.mu_r, self.var_r / step.w)
 
 
 @dataclass
 class DeltaR:
-    """r(x) = delta(x[known] - x_known) (inpainting, completion); a delta to any power w > 0 is itself."""
+    """r(x) = delta(x[known] - x_known) (inpainting, completion); a delta to any power w > 0 is itself. With
+    r_over_t = "diffused" the known coordinates follow the forward marginal instead (diffused_clamp)."""
 
     known: torch.Tensor
     x_known: torch.Tensor
     kinds = ("gaussian", "binomial")
+    diffusable = True
 
-    def __call__(self, p: Params, w: torch.Tensor, kind: str) -> Params:
-        return clamp(p, self.known, self.x_known, kind)
+    def __call__(self, p: Params, step: Step) -> Params:
+        if step.over_t == "diffused":
+            return diffused_clamp(p, self.known, self.x_known, step.t, step.diffusion)
+        return clamp(p, self.known, self.x_known, step.diffusion.kind)
 
 
 @dataclass
@@ -124,8 +151,8 @@ class SmoothR:
     log_r: LogR
     kinds = ("gaussian",)
 
-    def __call__(self, p: Params, w: torch.Tensor, kind: str) -> Params:
-        return first_order_shift(p, self.log_r, w)
+    def __call__(self, p: Params, step: Step) -> Params:
+        return first_order_shift(p, self.log_r, step.w)
 
 
 @dataclass
@@ -135,29 +162,34 @@ class BernoulliR:
     d: torch.Tensor | float
     kinds = ("binomial",)
 
-    def __call__(self, p: Params, w: torch.Tensor, kind: str) -> Params:
+    def __call__(self, p: Params, step: Step) -> Params:
         d = torch.as_tensor(self.d, dtype=p[0].dtype, device=p[0].device)
-        d_w = torch.where(w == 1, d, torch.sigmoid(w * torch.logit(d)))  # w = 1 keeps d bit for bit
+        d_w = torch.where(step.w == 1, d, torch.sigmoid(step.w * torch.logit(d)))  # w = 1 keeps d bit for bit
         return bernoulli_product(p, d_w)
 
 
 Factor = GaussianR | DeltaR | SmoothR | BernoulliR
 
 
-def perturbation(kind: str, T: int, factors: Sequence[Factor], over_t: str = "constant") -> Perturb:
-    """The hook for Diffusion.sample(perturb=...): every step's kernel p(x_{t-1}|x_t) [N, *D] times each factor
-    r^w in turn, w = r_exponent(t, T, over_t). Raises ValueError for a factor that does not suit the kind."""
+def perturbation(diffusion, factors: Sequence[Factor], over_t: str = "constant") -> Perturb:
+    """The hook for diffusion.sample(perturb=...): every step's kernel p(x_{t-1}|x_t) [N, *D] times each factor
+    r_{t-1} in turn (over_t: see R_OVER_T). Raises ValueError for a factor that does not suit the diffusion's
+    kind or the choice over t."""
     if over_t not in R_OVER_T:
         raise ValueError(f"r_over_t={over_t!r} is unknown; valid choices: {list(R_OVER_T)}")
     for factor in factors:
-        if kind not in factor.kinds:
+        if diffusion.kind not in factor.kinds:
             raise ValueError(f"{type(factor).__name__} applies to {' or '.join(factor.kinds)} diffusion, "
-                             f"not {kind}")
+                             f"not {diffusion.kind}")
+        if over_t == "diffused" and not getattr(factor, "diffusable", False):
+            raise ValueError(f"r_over_t=diffused applies to a delta r on known coordinates (task=inpaint, "
+                             f"complete), not to {type(factor).__name__}; use constant or tempered")
 
     def perturb(p: Params, xt: torch.Tensor, t: torch.Tensor) -> Params:
-        w = r_exponent(t, T, over_t).to(p[0].dtype).reshape(-1, *([1] * (p[0].dim() - 1)))
+        w = r_exponent(t, diffusion.T, over_t).to(p[0].dtype).reshape(-1, *([1] * (p[0].dim() - 1)))
+        step = Step(t, w, over_t, diffusion)
         for factor in factors:
-            p = factor(p, w, kind)
+            p = factor(p, step)
         return p
 
     return perturb

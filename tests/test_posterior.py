@@ -77,13 +77,13 @@ def test_tempered_factors_are_powers_of_r():
     w = (T - 4 + 1) / T
     mu, var, y, var_r = 0.2, 0.4, 1.5, 0.3
     p = (torch.tensor([mu], dtype=torch.float64), torch.tensor([math.log(var)], dtype=torch.float64))
-    got = perturbation("gaussian", T, [GaussianR(torch.tensor([y], dtype=torch.float64), var_r)], "tempered")(
+    got = perturbation(GaussianDiffusion(Schedule("sd2015", T=T)), [GaussianR(torch.tensor([y], dtype=torch.float64), var_r)], "tempered")(
         p, p[0], t)
     mean, variance = moments(log_normal(GRID, mu, var) + w * log_normal(GRID, y, var_r))
     assert got[0].item() == pytest.approx(mean, abs=1e-8)
     assert math.exp(got[1].item()) == pytest.approx(variance, rel=1e-6)
     c, r0, r1 = 0.3, 0.2, 0.9
-    (got,) = perturbation("binomial", T, [BernoulliR(r1 / (r0 + r1))], "tempered")(
+    (got,) = perturbation(BinomialDiffusion(Schedule("binomial", T=T)), [BernoulliR(r1 / (r0 + r1))], "tempered")(
         (torch.tensor([c], dtype=torch.float64),), None, t)
     assert got.item() == pytest.approx(c * r1**w / (c * r1**w + (1 - c) * r0**w), rel=1e-12)
 
@@ -103,9 +103,11 @@ def test_clamp_puts_all_mass_on_the_known_values():
 
 def test_factor_of_the_wrong_kind_is_refused():
     with pytest.raises(ValueError, match="GaussianR applies to gaussian diffusion, not binomial"):
-        perturbation("binomial", 5, [GaussianR(torch.zeros(1), 1.0)])
+        perturbation(BinomialDiffusion(Schedule("binomial", T=5)), [GaussianR(torch.zeros(1), 1.0)])
     with pytest.raises(ValueError, match="BernoulliR applies to binomial"):
-        perturbation("gaussian", 5, [BernoulliR(0.5)])
+        perturbation(GaussianDiffusion(Schedule("sd2015", T=5)), [BernoulliR(0.5)])
+    with pytest.raises(ValueError, match="r_over_t=diffused applies to a delta r .* not to SmoothR"):
+        perturbation(GaussianDiffusion(Schedule("sd2015", T=5)), [SmoothR(lambda x: x.sum(1))], "diffused")
 
 
 # ---- the sampler ---------------------------------------------------------------------------------------
@@ -138,13 +140,15 @@ def flat_factors(kind, N, D):
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "binomial"])
-@pytest.mark.parametrize("over_t", ["constant", "tempered"])
+@pytest.mark.parametrize("over_t", ["constant", "tempered", "diffused"])
 def test_constant_r_gives_exactly_the_plain_samples(kind, over_t):
     d, net = gaussian_setup() if kind == "gaussian" else binomial_setup()
     N, D = 64, (3 if kind == "gaussian" else 6)
     plain, _ = d.sample(net, (N, D), torch.Generator().manual_seed(7))
     for name, factors in flat_factors(kind, N, D).items():
-        perturb = perturbation(kind, d.T, factors, over_t)
+        if over_t == "diffused" and not name.startswith("clamp"):
+            continue  # diffused is for a delta r only
+        perturb = perturbation(d, factors, over_t)
         got, _ = d.sample(net, (N, D), torch.Generator().manual_seed(7), perturb=perturb)
         assert torch.equal(got, plain), name
         g = torch.Generator().manual_seed(7)  # the same start passed in as x_T
@@ -153,7 +157,8 @@ def test_constant_r_gives_exactly_the_plain_samples(kind, over_t):
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "binomial"])
-def test_inpainted_known_coordinates_are_exact(kind):
+@pytest.mark.parametrize("over_t", ["constant", "diffused"])
+def test_inpainted_known_coordinates_are_exact(kind, over_t):
     d, net = gaussian_setup(D=6) if kind == "gaussian" else binomial_setup()
     N, D = 50, 6
     g = torch.Generator().manual_seed(3)
@@ -161,11 +166,36 @@ def test_inpainted_known_coordinates_are_exact(kind):
     known = torch.rand(N, D, generator=g) < 0.5
     x_T = torch.where(known, x_known, d.prior_sample((N, D), g))
     x0, kept = d.sample(net, (N, D), g, keep=tuple(range(d.T + 1)), perturb=perturbation(
-        kind, d.T, [DeltaR(known, x_known)]), x_T=x_T)
+        d, [DeltaR(known, x_known)], over_t), x_T=x_T)
     assert torch.equal(kept[d.T], x_T)  # the chain starts where it is told
-    for t, x in kept.items():
-        assert torch.equal(x[known], x_known[known]), t
+    assert torch.equal(x0[known], x_known[known])
     assert not torch.equal(x0[~known], x_known[~known])
+    for t, x in kept.items():  # constant: clamped at every t; diffused: only at x_0
+        assert torch.equal(x[known], x_known[known]) == (over_t == "constant" or t in (0, d.T)), t
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "binomial"])
+def test_diffused_clamp_draws_known_coordinates_from_the_forward_marginal(kind):
+    """At t >= 2 the kernel of a known coordinate is q(x_{t-1} | x0 = given), written out from the schedule:
+    N(sqrt(ab) y, 1 - ab) or B(y ab + p (1 - ab)) with ab = prod_{s < t} (1 - beta_s); the others are untouched."""
+    d = GaussianDiffusion(Schedule("sd2015", T=8)) if kind == "gaussian" else BinomialDiffusion(
+        Schedule("binomial", T=8), p=0.3)
+    N, D, t = 4, 5, 6
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(N, D, generator=g) if kind == "gaussian" else torch.randint(0, 2, (N, D), generator=g).float()
+    known = torch.rand(N, D, generator=g) < 0.5
+    p = (torch.randn(N, D, generator=g), torch.randn(N, D, generator=g)) if kind == "gaussian" else (
+        torch.rand(N, D, generator=g),)
+    perturb = perturbation(d, [DeltaR(known, y)], "diffused")
+    got = perturb(p, None, torch.full((N,), t))
+    ab = torch.prod(1 - d.beta()[: t - 1]).item()
+    expected = ((math.sqrt(ab) * y, torch.full_like(y, math.log(1 - ab))) if kind == "gaussian"
+                else (y * ab + 0.3 * (1 - ab),))
+    for got_i, p_i, e_i in zip(got, p, expected):
+        torch.testing.assert_close(got_i[known], e_i[known].float(), rtol=1e-5, atol=1e-6)
+        assert torch.equal(got_i[~known], p_i[~known])
+    last = perturb(p, None, torch.ones(N, dtype=torch.long))
+    assert torch.equal(last[0][known], y[known])
 
 
 def perturbed_chain_moments(beta: torch.Tensor, y: float, var_r: float, over_t: str) -> tuple[float, float]:
@@ -191,7 +221,7 @@ def test_denoising_sampler_matches_the_exact_moments_of_its_chain(over_t):
     the T steps; tempering r lands nearer p r in the mean (1.02) with too small a variance."""
     T, N, y, var_r = 200, 20000, 1.5, 0.5
     d = GaussianDiffusion(Schedule("sd2015", T=T))
-    perturb = perturbation("gaussian", T, [GaussianR(torch.full((N, 1), y), var_r)], over_t)
+    perturb = perturbation(d, [GaussianR(torch.full((N, 1), y), var_r)], over_t)
     x0, _ = d.sample(ConstantNet(2), (N, 1), torch.Generator().manual_seed(0), perturb=perturb)
     mean, var = perturbed_chain_moments(d.beta(), y, var_r, over_t)
     assert x0.double().mean().item() == pytest.approx(mean, abs=4 * math.sqrt(var / N))

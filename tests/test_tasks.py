@@ -64,14 +64,15 @@ def written(out_dir, task):
 
 
 # ---- each task runs and writes its figure, arrays and numbers ------------------------------------------
-@pytest.mark.parametrize("mask", ["centre", "left", "random"])
-def test_inpaint_keeps_known_pixels_exactly(digits, tmp_path, mask):
-    result = run_task("inpaint", digits, tmp_path, f"inpaint.mask={mask}", "inpaint.n=6")
+@pytest.mark.parametrize("mask,over_t", [("centre", "constant"), ("left", "tempered"), ("random", "diffused")])
+def test_inpaint_keeps_known_pixels_exactly(digits, tmp_path, mask, over_t):
+    result = run_task("inpaint", digits, tmp_path, f"inpaint.mask={mask}", "inpaint.n=6", f"r_over_t={over_t}")
     assert written(tmp_path, "inpaint") and result["known_pixels_exact"] is True
     arrays = np.load(tmp_path / "inpaint.npz")
     known = ~arrays["missing"][None].repeat(6, 0)
     assert np.array_equal(arrays["result"][known], arrays["x0"][known])
-    assert np.array_equal(arrays["x_T"][known], arrays["x0"][known])  # the start holds them too (Eq. 23)
+    # the start holds them too where r acts at t = T (Eq. 23), not where r^0 = 1 (tempered) or diffused
+    assert np.array_equal(arrays["x_T"][known], arrays["x0"][known]) == (over_t == "constant")
     assert not np.array_equal(arrays["result"][~known], arrays["x0"][~known])
 
 
@@ -167,6 +168,7 @@ BAD = [
     ("parzen", "heartbeat", [], "task=parzen needs image data"),
     ("parzen", "digits", ["parzen.sigma_logspace=[-1,0]"], r"parzen.sigma_logspace=\[-1, 0\] is invalid"),
     ("inpaint", "digits", ["r_over_t=sometimes"], r"r_over_t='sometimes' is unknown; valid choices"),
+    ("denoise", "digits", ["r_over_t=diffused"], r"r_over_t='diffused' is not for task=denoise; valid choices"),
 ]
 
 

@@ -36,10 +36,12 @@ def positive_float(key: str, value: object, why: str = "") -> float:
     return float(value)
 
 
-def check_r_over_t(cfg: DictConfig) -> str:
+def check_r_over_t(cfg: DictConfig, allowed: tuple[str, ...] = R_OVER_T) -> str:
+    """cfg.r_over_t, one of `allowed` (diffused applies only to a delta r on known coordinates)."""
     over_t = cfg.get("r_over_t", "constant")
-    if over_t not in R_OVER_T:
-        raise ValueError(f"r_over_t={over_t!r} is unknown; valid choices: {list(R_OVER_T)}")
+    if over_t not in allowed:
+        raise ValueError(f"r_over_t={over_t!r} is {'unknown' if over_t not in R_OVER_T else 'not for task=' + cfg.task}"
+                         f"; valid choices: {list(allowed)}")
     return over_t
 
 
@@ -69,9 +71,16 @@ def sample(module, shape: tuple[int, ...], generator: torch.Generator, desc: str
 def start_with_known(module, x_known: torch.Tensor, known: torch.Tensor, generator: torch.Generator,
                      over_t: str) -> torch.Tensor:
     """x_T for a delta r on known coordinates: a draw from pi with the known ones set (the released inpainting;
-    Eq. 23 makes p~(x_T) ∝ pi(x_T) r(x_T)), or the plain draw when r is tempered (r^0 = 1 at t = T)."""
-    x_T = module.diffusion.prior_sample(tuple(x_known.shape), generator, module.device)
-    return torch.where(known, x_known, x_T) if over_t == "constant" else x_T
+    Eq. 23 makes p~(x_T) ∝ pi(x_T) r(x_T)); the plain draw when r is tempered (r^0 = 1 at t = T); the known ones
+    drawn from q(x_T | x_0 = x_known) when diffused."""
+    diffusion = module.diffusion
+    x_T = diffusion.prior_sample(tuple(x_known.shape), generator, module.device)
+    if over_t == "tempered":
+        return x_T
+    if over_t == "diffused":
+        T = torch.full((len(x_known),), diffusion.T, device=x_known.device, dtype=torch.long)
+        x_known = diffusion.q_sample(x_known, T, generator)
+    return torch.where(known, x_known, x_T)
 
 
 def save_npz(path: Path, **arrays: torch.Tensor | np.ndarray | float) -> Path:

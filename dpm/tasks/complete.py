@@ -44,7 +44,7 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dic
     known[:, :k] = True
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     x_T = common.start_with_known(module, x0, known, g, s["over_t"])
-    perturb = perturbation(diffusion.kind, diffusion.T, [DeltaR(known, x0)], s["over_t"])
+    perturb = perturbation(diffusion, [DeltaR(known, x0)], s["over_t"])
     result = common.sample(module, tuple(x0.shape), g, "complete", cfg.get("progress", True), perturb, x_T)
     exact = bool(torch.equal(result[:, :k], x0[:, :k]))
     out = {"task": "complete", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "k": k,

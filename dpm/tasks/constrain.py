@@ -45,14 +45,14 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     n = common.positive_int("constrain.n", s.get("n", 1000))
     unit = torch.tensor(normal, dtype=torch.float32) / math.hypot(*normal)
     return {"normal": unit, "offset": float(offset), "width": width, "tolerance": tolerance, "n": n,
-            "over_t": common.check_r_over_t(cfg)}
+            "over_t": common.check_r_over_t(cfg, ("constant", "tempered"))}
 
 
 def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
     s = check(cfg, dm, module.diffusion)
     diffusion, shape = module.diffusion, (s["n"], 2)
     log_r = half_plane_log_r(s["normal"].to(device), s["offset"], s["width"])
-    perturb = perturbation(diffusion.kind, diffusion.T, [SmoothR(log_r)], s["over_t"])
+    perturb = perturbation(diffusion, [SmoothR(log_r)], s["over_t"])
     enabled = cfg.get("progress", True)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     plain = common.sample(module, shape, g, "plain samples", enabled)

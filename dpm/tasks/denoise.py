@@ -31,7 +31,7 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     common.held_out(dm, cfg.split, n, "denoise.n")
     n_samples = common.positive_int("denoise.n_samples", s.get("n_samples", 1))
     return {"sigma_d": sigma_d, "start": start, "n": n, "n_samples": n_samples,
-            "over_t": common.check_r_over_t(cfg)}
+            "over_t": common.check_r_over_t(cfg, ("constant", "tempered"))}
 
 
 def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
@@ -41,7 +41,7 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dic
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     y = x0 + s["sigma_d"] * torch.randn(x0.shape, generator=g, device=device)
     y_k = y.repeat(k, *([1] * (y.dim() - 1)))  # the k posterior samples of image i are rows i, i + n, ...
-    perturb = perturbation(diffusion.kind, diffusion.T, [GaussianR(y_k, s["sigma_d"] ** 2)], s["over_t"])
+    perturb = perturbation(diffusion, [GaussianR(y_k, s["sigma_d"] ** 2)], s["over_t"])
     samples = common.sample(module, tuple(y_k.shape), g, "denoise", cfg.get("progress", True), perturb,
                             y_k if s["start"] == "observed" else None).reshape(k, *x0.shape)
     mse = lambda a: (a - x0).pow(2).mean().item()  # noqa: E731  per pixel, normalised units

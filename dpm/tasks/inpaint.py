@@ -81,7 +81,7 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dic
     known = ~s["missing"].to(device)[None].expand_as(x0)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     x_T = common.start_with_known(module, x0, known, g, s["over_t"])
-    perturb = perturbation(diffusion.kind, diffusion.T, [DeltaR(known, x0)], s["over_t"])
+    perturb = perturbation(diffusion, [DeltaR(known, x0)], s["over_t"])
     result = common.sample(module, tuple(x0.shape), g, "inpaint", cfg.get("progress", True), perturb, x_T)
     exact = bool(torch.equal(result[known], x0[known]))
     mse = (result - x0)[~known].pow(2).mean().item()

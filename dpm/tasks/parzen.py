@@ -93,11 +93,11 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dic
                   out_dir / "parzen.png", f"{dm.name}: Parzen window, {len(samples)} samples, D = {D}")
     lines = [f"Parzen-window log-likelihood, {dm.name} {len(test)} test images (D = {D}, pixels in [0, 1]); sigma "
              f"from {len(val)} val images",
-             f"{'':<34}{'bits':>18}{'nats':>18}{'sigma':>8}"]
+             f"{'':<40}{'bits':>18}{'nats':>18}{'sigma':>8}"]
     for name, count in (("model", f"{len(samples)} samples"), ("perfect model", f"{len(train)} training images")):
         r = rows[name]
-        lines.append(f"{name + ' (' + count + ')':<34}{r['ll_bits']:>10.1f} ± {r['ll_bits_stderr']:<5.1f}"
+        lines.append(f"{name + ' (' + count + ')':<40}{r['ll_bits']:>10.1f} ± {r['ll_bits_stderr']:<5.1f}"
                      f"{r['ll_nats']:>10.1f} ± {r['ll_nats_stderr']:<5.1f}{r['sigma']:>8.3f}")
     lines.append(f"paper, Table 2 (MNIST, D = 784, bits){'' if dm.name.startswith('mnist') else ' - other data'}:")
-    lines += [f"  {name:<32}{mean:>10.0f} ± {se:<5.1f}" for name, (mean, se) in TABLE2_MNIST_BITS.items()]
+    lines += [f"  {name:<38}{mean:>10.0f} ± {se:<5.1f}" for name, (mean, se) in TABLE2_MNIST_BITS.items()]
     return common.finish(out_dir, "parzen", result, lines)
