@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from dpm.figures.image import tile
 from dpm.figures.save import plt, save
@@ -35,6 +36,7 @@ def sequence_rows(panels: dict[str, torch.Tensor], path: Path, title: str) -> Pa
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("bin")
         ax.set_ylabel("example")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     return save(fig, path)
 
