@@ -16,10 +16,3 @@ TASKS: dict[str, Callable[..., dict]] = {
     "constrain": constrain.run,
     "parzen": parzen.run,
 }
-CHECKS: dict[str, Callable[..., dict]] = {
-    "inpaint": inpaint.check,
-    "denoise": denoise.check,
-    "complete": complete.check,
-    "constrain": constrain.check,
-    "parzen": parzen.check,
-}
