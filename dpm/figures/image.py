@@ -10,11 +10,11 @@ import torch
 from dpm.figures.save import plt, save
 
 
-def tile(images: torch.Tensor, pad: int = 1) -> torch.Tensor:
-    """[n, C, H, W] in [0, 1] -> one image [rows (H + pad) + pad, cols (W + pad) + pad, C], near-square,
-    the gaps white."""
+def tile(images: torch.Tensor, pad: int = 1, cols: int | None = None) -> torch.Tensor:
+    """[n, C, H, W] in [0, 1] -> one image [rows (H + pad) + pad, cols (W + pad) + pad, C], near-square unless
+    cols is given, the gaps white."""
     n, C, H, W = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = torch.ones(C, rows * (H + pad) + pad, cols * (W + pad) + pad)
     for i, im in enumerate(images):

@@ -1,0 +1,67 @@
+"""task=complete: given the first k bins of held-out sequences, sample the rest; r a delta on the known bins
+(exact for both kinds, PAPER.md 6.1). On the heartbeat, a completion is right when it is the one training
+pattern (or one of those) whose first k bins agree with the given ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from dpm.figures.posterior import sequence_rows
+from dpm.posterior import DeltaR, perturbation
+from dpm.tasks import common
+
+
+def check(cfg: DictConfig, dm, diffusion) -> dict:
+    s = common.settings(cfg, "complete")
+    if len(dm.data_shape) != 1:
+        raise ValueError(f"task=complete needs sequences [N, length]; {dm.name} has examples of shape "
+                         f"{tuple(dm.data_shape)} (task=inpaint fills images)")
+    length = dm.data_shape[0]
+    k = s.get("k", 5)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= length:
+        raise ValueError(f"complete.k={k!r} is invalid: the number of given bins must be an integer in "
+                         f"1..{length} (the sequence length)")
+    n = common.positive_int("complete.n", s.get("n", 1000))
+    common.held_out(dm, cfg.split, n, "complete.n")
+    return {"k": k, "n": n, "over_t": common.check_r_over_t(cfg)}
+
+
+def consistent(completions: torch.Tensor, given: torch.Tensor, patterns: torch.Tensor, k: int) -> torch.Tensor:
+    """bool [N]: completion i [length] is one of the patterns [P, length] whose first k bins equal given[i]."""
+    agrees = (given[:, None, :k] == patterns[None, :, :k]).all(2)  # [N, P]: pattern j fits the given bins
+    equals = (completions[:, None] == patterns[None]).all(2)  # [N, P]: completion i is pattern j
+    return (agrees & equals).any(1)
+
+
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
+    s = check(cfg, dm, module.diffusion)
+    diffusion, k = module.diffusion, s["k"]
+    x0 = common.held_out(dm, cfg.split, s["n"], "complete.n").to(device)
+    known = torch.zeros_like(x0, dtype=torch.bool)
+    known[:, :k] = True
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    x_T = common.start_with_known(module, x0, known, g, s["over_t"])
+    perturb = perturbation(diffusion, [DeltaR(known, x0)], s["over_t"])
+    result = common.sample(module, tuple(x0.shape), g, "complete", cfg.get("progress", True), perturb, x_T)
+    exact = bool(torch.equal(result[:, :k], x0[:, :k]))
+    out = {"task": "complete", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "k": k,
+           "r_over_t": s["over_t"], "known_bins_exact": exact}
+    lines = [f"complete {dm.name}: {s['n']} {cfg.split} sequences given their first {k} bins",
+             f"given bins kept exactly: {exact}"]
+    patterns = getattr(dm, "patterns", None)
+    if patterns is not None:
+        ok = consistent(result, x0, patterns.to(result), k)
+        n_fit = (x0[:, None, :k] == patterns.to(x0)[None, :, :k]).all(2).sum(1).float()
+        out.update(fraction_consistent=ok.float().mean().item(), patterns_consistent_per_example=n_fit.mean().item())
+        lines.append(f"completions that are a pattern consistent with the given bins: "
+                     f"{100 * out['fraction_consistent']:.1f}% (patterns consistent per example: "
+                     f"{out['patterns_consistent_per_example']:.2f})")
+    common.save_npz(out_dir / "complete.npz", x0=x0, known=known, result=result)
+    observed = torch.where(known, x0, torch.full_like(x0, 0.5))
+    sequence_rows({"original": x0[:20], f"given: first {k} bins (grey unknown)": observed[:20],
+                   "completion": result[:20]}, out_dir / "complete.png",
+                  f"{dm.name}: completion given the first {k} bins, r over t {s['over_t']}")
+    return common.finish(out_dir, "complete", out, lines)
