@@ -47,7 +47,6 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
 from dpm.bound import LN2, K_per_example
-from dpm.data.images import ImageDataModule
 from dpm.keyed import Keys
 from dpm.run import build
 
@@ -60,21 +59,6 @@ PRESETS = {  # the project's own configs
 }
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 LEFT_OUT_CALLBACKS = ("SampleFigure",)  # draws T-step samples at the end of training: not a per-step cost
-
-
-class RandomImages(ImageDataModule):
-    """Random 8-bit images of a given shape (CIFAR-10's by default): the cifar10 preset without its files."""
-
-    name = "random_images"
-
-    def __init__(self, shape: tuple[int, ...] = (3, 32, 32), n_train: int = 45000, n_val: int = 5000,
-                 n_test: int = 10000, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.shape, self.sizes = tuple(shape), {"train": n_train, "val": n_val, "test": n_test}
-
-    def make_split(self, split: str) -> torch.Tensor:
-        g = np.random.default_rng(("train", "val", "test").index(split))
-        return self.to_raw(g.integers(0, 256, (self.sizes[split], *self.shape), dtype=np.uint8))
 
 
 def preset_config(preset: str, overrides: list[str] = (), out_dir: str = ".") -> DictConfig:
@@ -92,7 +76,7 @@ def preset_config(preset: str, overrides: list[str] = (), out_dir: str = ".") ->
         cfg.compile = False  # the bench compiles both sides itself, the same way
         if preset == "cifar10":
             old = cfg.dataset
-            cfg.dataset = {"_target_": f"{__name__}.RandomImages", "shape": [3, 32, 32],  # CIFAR-10's sizes
+            cfg.dataset = {"_target_": "dpm.data.random_images.RandomImages", "shape": [3, 32, 32],  # CIFAR-10's sizes
                            "n_train": old.get("n_train") or 45000, "n_val": old.get("n_val") or 5000,
                            "n_test": old.get("n_test") or 10000, "batch_size": old.batch_size,
                            "eval_batch_size": old.eval_batch_size,

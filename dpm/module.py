@@ -49,6 +49,8 @@ class DiffusionModule(L.LightningModule):
         self.seed = seed
         self.dequantize = dequantize or (lambda x0, keys=None, generator=None: x0)  # the data module's (images)
         self._generator: torch.Generator | None = None
+        self._bad_in_a_row: torch.Tensor | None = None  # skipped-step counts on the device (fused optimizers)
+        self._bad_total: torch.Tensor | None = None
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(xt, t)
@@ -74,21 +76,44 @@ class DiffusionModule(L.LightningModule):
         loss = -(K - L_null).mean()
         # Even a non-finite loss goes through backward: under DDP every rank must reach the gradient all-reduce,
         # and the all-reduced non-finite gradients then make every rank skip this step together (below).
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/K", K.mean())
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # self.log costs more than a small step
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/K", K.mean())
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the step when any gradient is non-finite. The gradients are already all-reduced here, so under
-        DDP every rank sees the same ones and decides alike (no rank waits on another)."""
+        DDP every rank sees the same ones and decides alike (no rank waits on another).
+
+        A fused optimizer (Adam(fused=True), the default config) skips on the device, as it does for
+        GradScaler: `found_inf` holds the decision and nothing waits for the GPU; the count of skipped steps is
+        read every log_every_n_steps. Other optimizers need the decision on the host: one sync per step."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
-        if not torch.isfinite(torch.stack([g.detach().float().abs().sum() for g in grads]).sum()):
+        bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+        if getattr(optimizer, "defaults", {}).get("fused"):
+            optimizer.found_inf = bad.float()
+            if self._bad_in_a_row is None:
+                self._bad_in_a_row = torch.zeros((), device=bad.device)
+                self._bad_total = torch.zeros((), device=bad.device)
+            self._bad_in_a_row = (self._bad_in_a_row + 1) * bad
+            self._bad_total = self._bad_total + bad
+            if (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.max_nonfinite <= 1:
+                self._check_nonfinite(int(self._bad_in_a_row), int(self._bad_total))
+        elif bad:
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
             self._nonfinite("loss or gradient")
         else:
             self.nonfinite_in_a_row = 0
+
+    def _check_nonfinite(self, in_a_row: int, total: int) -> None:
+        self.nonfinite_in_a_row, self.nonfinite_total = in_a_row, total
+        self.log("train/nonfinite_skipped", float(total))
+        if in_a_row >= self.max_nonfinite:
+            raise NonFiniteStop(f"{in_a_row} non-finite loss or gradient values in a row at step {self.global_step}; "
+                                "stopping (each was skipped, so the weights are finite). Try a lower optimizer.lr or "
+                                "trainer.precision=32-true.")
 
     def _nonfinite(self, what: str) -> None:
         self.nonfinite_in_a_row += 1

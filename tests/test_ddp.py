@@ -46,7 +46,7 @@ def test_sigterm_under_ddp_writes_last_ckpt_and_exits_143(tmp_path):
         _kill_group(proc)
     assert proc.returncode == 143, err[-3000:]
     step = torch.load(last, weights_only=True)["global_step"]
-    assert f"stopped by SIGTERM at step" in err and f"holds step {step}" in err
+    assert "stopped by SIGTERM at step" in err and f"holds step {step}" in err
 
 
 NONFINITE_SCRIPT = textwrap.dedent('''
