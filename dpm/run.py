@@ -20,6 +20,7 @@ from dpm.data.base import SPLITS, DataModule
 from dpm.figures import draw
 from dpm.module import DiffusionModule
 from dpm.paper import TABLE1
+from dpm.truth import truth_fields
 
 TASKS = ("bound", "sample")
 WEIGHTS = ("auto", "raw", "ema")
@@ -146,7 +147,7 @@ def bound(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Pat
           device: torch.device) -> dict:
     torch.manual_seed(cfg.seed)
     start = time.perf_counter()
-    Ks, L_nulls, seen = [], [], 0
+    Ks, L_nulls, truths, seen = [], [], [], 0
     with torch.no_grad():
         for (x0,) in dm.loader(cfg.split, cfg.batch_size):
             if cfg.limit is not None and seen >= cfg.limit:
@@ -155,6 +156,9 @@ def bound(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Pat
             K, L_null = module.bound(x0, cfg.estimator, cfg.n_t)
             Ks.append(K.cpu())
             L_nulls.append(L_null.cpu())
+            truth = dm.true_log_likelihood(x0)  # nats per example, None where the density is unknown
+            if truth is not None:
+                truths.append(module.to_units(truth.cpu()))
             seen += len(x0)
     K, L_null = torch.cat(Ks), torch.cat(L_nulls)
     K_mean, K_se = mean_and_stderr(K)
@@ -173,6 +177,8 @@ def bound(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Pat
     if nll8 is not None:
         result["nll_bits_per_dim_8bit"] = nll8
     result.update(dm.eval_info())
+    if truths:  # DESIGN.md contract 9: the truth beside K, and the gap with its paired standard error
+        result.update(truth_fields(K, torch.cat(truths)))
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(format_table(result))
     print(f"wrote {out_dir / 'eval.json'}")
