@@ -21,13 +21,13 @@ import math
 import re
 from pathlib import Path
 
-from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from dpm.files import write_text
 from dpm.sweep import JOB_FILE, sweep_name
 
 SKIP_DIRS = {".hydra", ".submitit", "wandb", "checkpoints", "logs", "__pycache__"}
+IGNORED = re.compile(r"(^|\.)(out_dir|dirpath|save_dir|default_root_dir|ckpt_path|data_dir)$")
 NUMBERS = ("K", "K_stderr", "K_minus_L_null", "K_minus_L_null_stderr", "true_log_likelihood",
            "true_log_likelihood_stderr", "gap_to_truth", "gap_to_truth_stderr")
 
@@ -78,14 +78,6 @@ def last_validation(run: Path) -> dict:
     return out
 
 
-def _unit(config: dict) -> str:
-    """The unit of K for a run's data set (its DataModule's `unit`), or "" if the class cannot be found."""
-    try:
-        return get_class(config["dataset"]["_target_"]).unit
-    except Exception:  # a config from another version of the code: the table still prints, without the unit
-        return ""
-
-
 def find_eval(run: Path) -> tuple[dict | None, str]:
     """(eval.json, where it came from): the run's own, else the newest in a subdirectory."""
     own = _read_json(run / "eval.json")
@@ -110,24 +102,59 @@ def read_run(run: Path, root: Path | None = None) -> dict:
     result, where = find_eval(run)
     row: dict = {"run": str(run.relative_to(root)) if root and run.is_relative_to(root) else str(run),
                  "overrides": dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o),
+                 "config": config, "has_overrides": overrides_file.is_file(),
                  "steps": val.get("steps"), "seconds": job.get("seconds"), "note": ""}
     if result is not None:
         row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""),
                    K_from=f"{result.get('split')} {result.get('estimator')} ({where})")
     elif math.isfinite(val.get("K", math.nan)):
-        row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit=_unit(config),
+        row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="",
                    K_from="last val/K (mc, metrics.csv)")
     crashed = (run / "checkpoints" / "crash.ckpt").is_file()
     max_steps = (config.get("trainer") or {}).get("max_steps")
     if job.get("status") == "FAILED" or crashed:
         row["status"], row["note"] = "failed", job.get("error") or "crash.ckpt written"
     elif job.get("status") == "COMPLETED" or (run / "eval.json").is_file() or (
-            isinstance(max_steps, int) and (row["steps"] or 0) >= max_steps > 0):
-        row["status"] = "complete"
+            not job and isinstance(max_steps, int) and (row["steps"] or 0) >= max_steps > 0):
+        row["status"] = "complete"  # a run without a job record (not launched by Hydra) by its steps
     else:
         row["status"] = "incomplete"
         row["note"] = "running, or stopped without an error" if job.get("status") == "RUNNING" else "no end recorded"
     return row
+
+
+def flatten(node, prefix: str = "") -> dict[str, object]:
+    """{"a.b.c": leaf} for a nested dict."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, child in node.items() for k, v in flatten(child, f"{prefix}{key}.").items()} if node \
+        else {prefix: node}
+
+
+def config_differences(rows: list[dict]) -> None:
+    """For runs without Hydra's overrides.yaml (dpm.run.train called directly), the config values that differ
+    between the runs stand in for their overrides, paths and output directories left out."""
+    flats = [{k.rstrip("."): v for k, v in flatten(r["config"]).items()} for r in rows]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and not IGNORED.search(k)]
+    for row, flat in zip(rows, flats):
+        if not row["has_overrides"]:
+            row["overrides"] = {k: _as_override(flat.get(k)) for k in differ}
+
+
+def _as_override(value) -> str:
+    """A config value as it would be written on the command line: true, null, 0.001, text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def fill_units(rows: list[dict]) -> None:
+    """Runs whose K came from metrics.csv take the unit an eval.json of the same data set gives (importing the
+    data module to ask it would pull in torch for a table)."""
+    target = lambda r: (r["config"].get("dataset") or {}).get("_target_")  # noqa: E731
+    units = {target(r): r["unit"] for r in rows if r.get("unit")}
+    for r in rows:
+        if not r.get("unit"):
+            r["unit"] = units.get(target(r), "")
 
 
 def swept_keys(rows: list[dict]) -> list[str]:
@@ -237,6 +264,8 @@ def report(paths: list[str | Path], out: str | Path | None = None) -> dict:
         raise FileNotFoundError(f"no training runs (config.yaml or .hydra/config.yaml) under {[str(p) for p in paths]}")
     root = paths[0] if len(paths) == 1 else None
     rows = [read_run(run, root) for run in runs]
+    config_differences(rows)
+    fill_units(rows)
     keys = swept_keys(rows)
     out = Path(out) if out is not None else paths[0]
     files = {"md": write_text(out / "report.md", markdown(rows, keys)),
