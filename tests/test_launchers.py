@@ -17,28 +17,12 @@ from omegaconf import OmegaConf
 from dpm.report import report
 from dpm.sweep import GROUP_ENV, SweepJobs, one_gpu_per_local_job, sweep_name, visible_gpu_count
 from tests.conftest import compose
-from tests.helpers import hydra_job_config
+from tests.helpers import hydra_config, hydra_job_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.max_steps=30", "trainer.val_check_interval=10", "trainer.enable_progress_bar=false", "T=6",
         "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=32",
         "callbacks.figure.every_n_val=0"]
-
-
-def hydra_config(*overrides):
-    """train.yaml with its hydra node, as the launcher sees it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import CONF
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            return hydra_compose("train", overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 # ---- hydra/launcher=local: a real sweep ----------------------------------------------------------------------
