@@ -11,7 +11,8 @@ import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
 from dpm.bound import mean_and_stderr
-from dpm.report import main, read_run, report
+from dpm.report import main, report
+from dpm.runs import read_run
 from dpm.run import evaluate, train
 from dpm.sweep import SweepJobs
 from tests.conftest import compose
