@@ -66,7 +66,8 @@ def summary(rows: list[dict], keys: list[str]) -> list[dict]:
         diffs = [r["K"] - base_by_seed[r["overrides"].get("seed")] for r in members
                  if r["overrides"].get("seed") in base_by_seed]
         d, d_se = mean_se(diffs) if members is not base and "seed" in keys else (math.nan, math.nan)
-        out.append({"group": ", ".join(f"{k}={'-' if v is None else v}" for k, v in zip([k for k in keys if k != "seed"], key)) or "all",
+        label = ", ".join(f"{k}={'-' if v is None else v}" for k, v in zip([k for k in keys if k != "seed"], key))
+        out.append({"group": label or "all",
                     "n": len(members), "K": K, "K_se": K_se, "gap": gap, "gap_se": gap_se,
                     "diff": d, "diff_se": d_se, "n_pairs": len(diffs) if members is not base else 0})
     return out
