@@ -14,7 +14,8 @@ from pathlib import Path
 from dpm.checks import ConfigError
 from dpm.files import write_text
 
-HYDRA_LOGS = (".log",)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
+HYDRA_LOGS = (".log",)
+_CLAIMED: set[str] = set()  # run directories this process claimed (dpm.sweep writes its job record only there)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
 
 
 def global_rank_from_env() -> int:
@@ -53,7 +54,13 @@ def claim(path: str | Path, what: str = "training run") -> Path:
     except OSError as err:
         raise ConfigError(f"hydra.run.dir={path} cannot be written ({err.strerror or err}); choose a writable "
                           "directory.") from None
+    _CLAIMED.add(os.path.abspath(path))
     return path
+
+
+def claimed(path: str | Path) -> bool:
+    """Whether this process claimed the directory (so writing into it cannot touch an earlier run's files)."""
+    return os.path.abspath(path) in _CLAIMED
 
 
 def check_writable(path: Path, key: str) -> None:

@@ -128,6 +128,12 @@ class DataModule(L.LightningDataModule):
         """The modern discrete convention for 8-bit data (images override), else None."""
         return None
 
+    def true_log_likelihood(self, x0: torch.Tensor) -> torch.Tensor | None:
+        """log q(x0) of the data-generating density per example, nats float64 [N], on the data as the model sees it
+        (after normalisation, so the log-Jacobian of the scaling is included); None where the density is unknown.
+        eval.json sets K beside it (DESIGN.md contract 9)."""
+        return None
+
     def eval_info(self) -> dict:
         """Extra facts about the data that eval.json records beside the numbers (images: the dequantisation)."""
         return {}

@@ -1,0 +1,149 @@
+"""Reading training runs from their directories, for python -m dpm.report: which directories are runs, and for
+each one row (overrides, K and where it came from, the truth where known, steps, time, status).
+
+A run is a directory with train.py's config.yaml (or Hydra's .hydra/config.yaml of a training config). Its row
+reads .hydra/overrides.yaml, .hydra/job.json (dpm.sweep.SweepJobs), eval.json (its own, else one in a
+subdirectory), logs/metrics.csv and checkpoints/crash.ckpt.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from dpm.sweep import JOB_FILE
+
+SKIP_DIRS = {".hydra", ".submitit", "wandb", "checkpoints", "logs", "__pycache__"}
+IGNORED = re.compile(r"(^|\.)(out_dir|dirpath|save_dir|default_root_dir|ckpt_path|data_dir)$")
+NUMBERS = ("K", "K_stderr", "K_minus_L_null", "K_minus_L_null_stderr", "true_log_likelihood",
+           "true_log_likelihood_stderr", "gap_to_truth", "gap_to_truth_stderr")
+
+
+def _natural(path: Path) -> list:
+    """Sort key: multirun/10 after multirun/9."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
+
+
+def is_run(d: Path) -> bool:
+    """A training run's directory: train.py's resolved config.yaml, or Hydra's record of a training config
+    (a run that failed before writing config.yaml). evaluate.py's directories hold `task`, not `trainer`."""
+    if (d / "config.yaml").is_file():
+        return True
+    hydra_cfg = d / ".hydra" / "config.yaml"
+    return hydra_cfg.is_file() and "trainer" in OmegaConf.load(hydra_cfg)
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Every run directory at or below paths, not looking inside a run (its eval/ subdirectories are its own)."""
+    runs: list[Path] = []
+    for path in paths:
+        if is_run(path):
+            runs.append(path)
+            continue
+        subdirs = [d for d in path.iterdir() if d.is_dir() and d.name not in SKIP_DIRS] if path.is_dir() else []
+        runs += find_runs(sorted(subdirs, key=_natural))
+    return runs
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or being written by a job that is still running
+        return None
+
+
+def last_validation(run: Path) -> dict:
+    """The last val/K (and val/K_minus_L_null) and the last step logged in the run's metrics.csv files."""
+    out: dict = {}
+    for path in sorted(run.glob("logs/**/metrics.csv")):
+        with path.open(newline="") as f:
+            for row in csv.DictReader(f):
+                if row.get("step"):
+                    out["steps"] = max(out.get("steps", 0), int(row["step"]) + 1)  # Lightning logs global_step - 1
+                if row.get("val/K"):
+                    out["K"], out["K_minus_L_null"] = float(row["val/K"]), float(row.get("val/K_minus_L_null") or "nan")
+    return out
+
+
+def find_eval(run: Path) -> tuple[dict | None, str]:
+    """(eval.json, where it came from): the run's own, else the newest in a subdirectory."""
+    own = _read_json(run / "eval.json")
+    if own is not None:
+        return own, "eval.json"
+    nested = sorted(run.glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in nested:
+        result = _read_json(path)
+        if result is not None:
+            return result, f"{path.parent.name}/eval.json"
+    return None, ""
+
+
+def read_run(run: Path, root: Path | None = None) -> dict:
+    """One row of the report for a run directory."""
+    config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml" if (run / "config.yaml").is_file()
+                                                   else run / ".hydra" / "config.yaml"))
+    overrides_file = run / ".hydra" / "overrides.yaml"
+    overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    job = _read_json(run / ".hydra" / JOB_FILE) or {}
+    val = last_validation(run)
+    result, where = find_eval(run)
+    row: dict = {"run": str(run.relative_to(root)) if root and run.is_relative_to(root) else str(run),
+                 "overrides": dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o),
+                 "config": config, "has_overrides": overrides_file.is_file(),
+                 "steps": val.get("steps"), "seconds": job.get("seconds"), "note": ""}
+    if result is not None:
+        row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""),
+                   K_from=f"{result.get('split')} {result.get('estimator')} ({where})")
+    elif math.isfinite(val.get("K", math.nan)):
+        row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="",
+                   K_from="last val/K (mc, metrics.csv)")
+    crashed = (run / "checkpoints" / "crash.ckpt").is_file()
+    max_steps = (config.get("trainer") or {}).get("max_steps")
+    if job.get("status") == "FAILED" or crashed:
+        row["status"], row["note"] = "failed", job.get("error") or "crash.ckpt written"
+    elif job.get("status") == "COMPLETED" or (run / "eval.json").is_file() or (
+            not job and isinstance(max_steps, int) and (row["steps"] or 0) >= max_steps > 0):
+        row["status"] = "complete"  # a run without a job record (not launched by Hydra) by its steps
+    else:
+        row["status"] = "incomplete"
+        row["note"] = "running, or stopped without an error" if job.get("status") == "RUNNING" else "no end recorded"
+    return row
+
+
+def flatten(node, prefix: str = "") -> dict[str, object]:
+    """{"a.b.c": leaf} for a nested dict."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {k: v for key, child in node.items() for k, v in flatten(child, f"{prefix}{key}.").items()} if node \
+        else {prefix: node}
+
+
+def config_differences(rows: list[dict]) -> None:
+    """For runs without Hydra's overrides.yaml (dpm.run.train called directly), the config values that differ
+    between the runs stand in for their overrides, paths and output directories left out."""
+    flats = [{k.rstrip("."): v for k, v in flatten(r["config"]).items()} for r in rows]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    differ = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1 and not IGNORED.search(k)]
+    for row, flat in zip(rows, flats):
+        if not row["has_overrides"]:
+            row["overrides"] = {k: _as_override(flat.get(k)) for k in differ}
+
+
+def _as_override(value) -> str:
+    """A config value as it would be written on the command line: true, null, 0.001, text."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def fill_units(rows: list[dict]) -> None:
+    """Runs whose K came from metrics.csv take the unit an eval.json of the same data set gives (importing the
+    data module to ask it would pull in torch for a table)."""
+    target = lambda r: (r["config"].get("dataset") or {}).get("_target_")  # noqa: E731
+    units = {target(r): r["unit"] for r in rows if r.get("unit")}
+    for r in rows:
+        if not r.get("unit"):
+            r["unit"] = units.get(target(r), "")

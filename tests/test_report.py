@@ -1,0 +1,109 @@
+"""python -m dpm.report on real (tiny) runs: K from the run's eval, from an eval subdirectory or from metrics.csv;
+swept keys as columns; per-group means with paired differences; incomplete runs marked. The failed-run case runs
+through a real multirun in test_launchers.py."""
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+from hydra.core.utils import JobReturn, JobStatus
+
+from dpm.bound import mean_and_stderr
+from dpm.report import main, report
+from dpm.runs import read_run
+from dpm.run import evaluate, train
+from dpm.sweep import SweepJobs
+from tests.conftest import compose
+from tests.helpers import hydra_job_config
+
+TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "T=6",
+        "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=48", "dataset.batch_size=32", "dataset.noise=0.5",
+        "callbacks=none"]
+GRID = [("false", 0), ("false", 1), ("true", 0), ("true", 1)]  # schedule.learned x seed
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Runs 0-3: a 2 x 2 sweep trained through dpm.run.train (no Hydra, so no overrides.yaml: the report finds
+    the differing config values); run 0 evaluated into 0/eval. Run 4: a Hydra job that started (SweepJobs wrote
+    job.json) and trained as run 3 did, but whose end was never recorded (killed, or still running)."""
+    root = tmp_path_factory.mktemp("sweep")
+    for i, (learned, seed) in enumerate(GRID):
+        train(compose([*TINY, f"schedule.learned={learned}", f"seed={seed}"]), root / str(i))
+    evaluate(compose([f"ckpt_path={root / '0' / 'checkpoints' / 'last.ckpt'}"], config_name="evaluate"),
+             root / "0" / "eval")
+    shutil.copytree(root / "3", root / "4")  # its training as far as it got ...
+    SweepJobs().on_job_start(hydra_job_config(root / "4", root, 4))  # ... and the record of a job that began
+    return root
+
+
+def val_K(run) -> float:
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return [float(r["val/K"]) for r in csv.DictReader(f) if r.get("val/K")][-1]
+
+
+def test_table_lists_every_run_with_its_source_and_status(sweep):
+    result = report([sweep])
+    rows = {r["run"]: r for r in result["rows"]}
+    assert list(rows) == ["0", "1", "2", "3", "4"]
+    assert result["keys"] == ["seed", "schedule.learned"]
+    assert [rows[k]["status"] for k in rows] == ["complete"] * 4 + ["incomplete"]
+    assert "running" in rows["4"]["note"]
+    ev = json.loads((sweep / "0" / "eval" / "eval.json").read_text())
+    assert rows["0"]["K"] == ev["K"] and rows["0"]["K_stderr"] == ev["K_stderr"]
+    assert rows["0"]["K_from"] == "test exact (eval/eval.json)"
+    assert rows["0"]["gap_to_truth"] == ev["gap_to_truth"] and ev["true_log_likelihood"] < 0  # noisy roll: a truth
+    assert rows["1"]["K"] == pytest.approx(val_K(sweep / "1")) and "metrics.csv" in rows["1"]["K_from"]
+    assert rows["1"]["unit"] == "bits" and rows["1"]["steps"] == 4
+    md = result["files"]["md"].read_text()
+    assert "| run | seed | schedule.learned | status |" in md
+    assert f"{ev['K']:.3f} ± {ev['K_stderr']:.3f}" in md
+    assert "5 runs: 4 complete, 1 incomplete, 0 failed." in md
+    with open(result["files"]["csv"], newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["status"] for r in table] == ["complete"] * 4 + ["incomplete"]
+    assert float(table[0]["gap_to_truth"]) == pytest.approx(ev["gap_to_truth"])
+    assert result["files"]["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_groups_average_over_seeds_and_pair_the_differences(sweep):
+    result = report([sweep], sweep / "out")
+    K = {i: read_run(sweep / str(i))["K"] for i in range(4)}
+    md = result["files"]["md"].read_text()
+    fixed, fixed_se = mean_and_stderr_list([K[0], K[1]])
+    learned, learned_se = mean_and_stderr_list([K[2], K[3]])
+    diff, diff_se = mean_and_stderr_list([K[2] - K[0], K[3] - K[1]])
+    assert f"| schedule.learned=false | 2 | {fixed:.3f} ± {fixed_se:.3f} |" in md
+    assert f"| schedule.learned=true | 2 | {learned:.3f} ± {learned_se:.3f} |" in md
+    assert f"{diff:.3f} ± {diff_se:.3f} | 2 |" in md  # run 4 (incomplete) is left out of the groups
+
+
+def mean_and_stderr_list(values):
+    import torch
+
+    return mean_and_stderr(torch.tensor(values, dtype=torch.float64))
+
+
+def test_a_finished_job_record_marks_the_run_complete_and_its_time(sweep, tmp_path):
+    run = tmp_path / "4"
+    shutil.copytree(sweep / "4", run)
+    cfg = hydra_job_config(run, tmp_path, 4)
+    jobs = SweepJobs()
+    jobs.on_job_start(cfg)
+    ret = JobReturn()
+    ret.status, ret.return_value = JobStatus.COMPLETED, None
+    jobs.on_job_end(cfg, ret)
+    row = read_run(run)
+    assert row["status"] == "complete" and row["seconds"] is not None and row["seconds"] >= 0
+
+
+def test_command_line_writes_where_asked_and_refuses_an_empty_directory(sweep, tmp_path, capsys):
+    main([str(sweep / "0"), str(sweep / "2"), "--out", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert "| run |" in out and (tmp_path / "r" / "report.png").is_file()
+    assert math.isfinite(float(next(csv.DictReader(open(tmp_path / "r" / "report.csv")))["K"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no training runs"):
+        report([tmp_path / "empty"])
