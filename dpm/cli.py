@@ -70,7 +70,8 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
     out_dir, record = _hydra_record()
     os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children
     record["config.yaml"] = OmegaConf.to_yaml(cfg)
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # In a sweep, a job's error goes to Hydra (which records the job as failed and goes on with the sweep)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1" or str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
     if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it like Ctrl-C
         signal.signal(signal.SIGTERM, _sigterm_as_keyboard_interrupt)
     try:

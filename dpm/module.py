@@ -87,7 +87,7 @@ class DiffusionModule(L.LightningModule):
 
         A fused optimizer (Adam(fused=True), the default config) skips on the device, as it does for
         GradScaler: `found_inf` holds the decision and nothing waits for the GPU; the count of skipped steps is
-        read every log_every_n_steps. Other optimizers need the decision on the host: one sync per step."""
+        read every max_nonfinite // 2 steps. Other optimizers need the decision on the host: one sync per step."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
@@ -99,7 +99,7 @@ class DiffusionModule(L.LightningModule):
                 self._bad_total = torch.zeros((), device=bad.device)
             self._bad_in_a_row = (self._bad_in_a_row + 1) * bad
             self._bad_total = self._bad_total + bad
-            if (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.max_nonfinite <= 1:
+            if (self.global_step + 1) % max(1, self.max_nonfinite // 2) == 0:  # a stop is at most that late
                 self._check_nonfinite(int(self._bad_in_a_row), int(self._bad_total))
         elif bad:
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer

@@ -63,7 +63,7 @@ def last_validation(run: Path) -> dict:
     for path in sorted(run.glob("logs/**/metrics.csv")):
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
-                if row.get("step"):
+                if row.get("step") and not row.get("test/K"):  # the end's test row is logged at global_step
                     out["steps"] = max(out.get("steps", 0), int(row["step"]) + 1)  # Lightning logs global_step - 1
                 if row.get("val/K"):
                     out["K"], out["K_minus_L_null"] = float(row["val/K"]), float(row.get("val/K_minus_L_null") or "nan")

@@ -29,11 +29,11 @@ TINY = ["trainer.max_steps=30", "trainer.val_check_interval=10", "trainer.enable
 
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory):
-    """Two jobs at once through submitit's local executor; optimizer.lr=inf makes job 1 fail halfway (20 non-finite
-    steps in a row, after a validation and a checkpoint at step 10)."""
+    """Two jobs at once through submitit's local executor; optimizer.lr=1e30 makes job 1 fail halfway (20 non-finite
+    steps in a row, after validations and checkpoints at steps 10 and 20)."""
     sweep = tmp_path_factory.mktemp("local_sweep")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "train.py", "-m", "hydra/launcher=local", "optimizer.lr=1e-3,inf", *TINY,
+    proc = subprocess.run([sys.executable, "train.py", "-m", "hydra/launcher=local", "optimizer.lr=1e-3,1e30", *TINY,
                            f"hydra.sweep.dir={sweep}"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     return sweep, proc
 
@@ -52,7 +52,7 @@ def test_local_launcher_runs_both_jobs_in_parallel_and_records_the_failure(local
     done = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert done["global_step"] == 30
     assert (sweep / "1" / "checkpoints" / "crash.ckpt").is_file()
-    assert torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20  # each validation
 
 
 def test_report_of_a_sweep_whose_job_failed_halfway(local_sweep):
@@ -63,7 +63,7 @@ def test_report_of_a_sweep_whose_job_failed_halfway(local_sweep):
     assert rows["0"]["status"] == "complete" and rows["0"]["steps"] == 30 and rows["0"]["K"] is not None
     assert rows["1"]["status"] == "failed" and "non-finite" in rows["1"]["note"] and rows["1"]["steps"] == 20
     md = result["files"]["md"].read_text()
-    assert "| 1 | inf | failed |" in md and "2 runs: 1 complete, 0 incomplete, 1 failed (1)." in md
+    assert "| 1 | 1e+30 | failed |" in md and "2 runs: 1 complete, 0 incomplete, 1 failed (1)." in md
     assert result["files"]["png"].stat().st_size > 5000
 
 

@@ -13,6 +13,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from dpm.bound import mean_and_stderr
 from dpm.report import main, report
 from dpm.runs import read_run
+from dpm.rundir import claim
 from dpm.run import evaluate, train
 from dpm.sweep import SweepJobs
 from tests.conftest import compose
@@ -20,22 +21,30 @@ from tests.helpers import hydra_job_config
 
 TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "T=6",
         "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=48", "dataset.batch_size=32", "dataset.noise=0.5",
-        "callbacks=none"]
+        "callbacks=none", "test_at_end=false"]  # K from an eval subdirectory or metrics.csv, as in older runs
 GRID = [("false", 0), ("false", 1), ("true", 0), ("true", 1)]  # schedule.learned x seed
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """Runs 0-3: a 2 x 2 sweep trained through dpm.run.train (no Hydra, so no overrides.yaml: the report finds
-    the differing config values); run 0 evaluated into 0/eval. Run 4: a Hydra job that started (SweepJobs wrote
-    job.json) and trained as run 3 did, but whose end was never recorded (killed, or still running)."""
+    the differing config values); run 0 evaluated into 0/eval. Run 4: a Hydra job that trained as run 3 did, but whose end was
+    never recorded (killed, or still running)."""
     root = tmp_path_factory.mktemp("sweep")
     for i, (learned, seed) in enumerate(GRID):
         train(compose([*TINY, f"schedule.learned={learned}", f"seed={seed}"]), root / str(i))
     evaluate(compose([f"ckpt_path={root / '0' / 'checkpoints' / 'last.ckpt'}"], config_name="evaluate"),
              root / "0" / "eval")
-    shutil.copytree(root / "3", root / "4")  # its training as far as it got ...
-    SweepJobs().on_job_start(hydra_job_config(root / "4", root, 4))  # ... and the record of a job that began
+    shutil.copytree(root / "3", root / "4")  # its training as far as it got, without an end (no eval.json)
+    (root / "4" / "eval.json").unlink(missing_ok=True)
+    metrics = root / "4" / "logs" / "metrics.csv"  # ... which stopped after step 2 of its 4
+    with metrics.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["step"] and int(r["step"]) < 2]
+    with metrics.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    SweepJobs().on_job_start(hydra_job_config(root / "4", root, 4))  # a job that began writes no record yet
     return root
 
 
@@ -50,7 +59,7 @@ def test_table_lists_every_run_with_its_source_and_status(sweep):
     assert list(rows) == ["0", "1", "2", "3", "4"]
     assert result["keys"] == ["seed", "schedule.learned"]
     assert [rows[k]["status"] for k in rows] == ["complete"] * 4 + ["incomplete"]
-    assert "running" in rows["4"]["note"]
+    assert "no end recorded" in rows["4"]["note"] and not (sweep / "4" / ".hydra" / "job.json").exists()
     ev = json.loads((sweep / "0" / "eval" / "eval.json").read_text())
     assert rows["0"]["K"] == ev["K"] and rows["0"]["K_stderr"] == ev["K_stderr"]
     assert rows["0"]["K_from"] == "test exact (eval/eval.json)"
@@ -88,12 +97,18 @@ def mean_and_stderr_list(values):
 
 def test_a_finished_job_record_marks_the_run_complete_and_its_time(sweep, tmp_path):
     run = tmp_path / "4"
-    shutil.copytree(sweep / "4", run)
     cfg = hydra_job_config(run, tmp_path, 4)
     jobs = SweepJobs()
-    jobs.on_job_start(cfg)
     ret = JobReturn()
     ret.status, ret.return_value = JobStatus.COMPLETED, None
+    shutil.copytree(sweep / "4", run)
+    jobs.on_job_start(cfg)
+    jobs.on_job_end(cfg, ret)  # a directory this process did not claim (it may hold another run): no record
+    assert not (run / ".hydra" / "job.json").exists()
+    shutil.rmtree(run)
+    claim(run)  # as dpm.run.train does before it writes anything
+    shutil.copytree(sweep / "4", run, dirs_exist_ok=True)
+    jobs.on_job_start(cfg)
     jobs.on_job_end(cfg, ret)
     row = read_run(run)
     assert row["status"] == "complete" and row["seconds"] is not None and row["seconds"] >= 0

@@ -13,6 +13,7 @@ import torch
 from dpm.bound import LN2, mean_and_stderr
 from dpm.data.heartbeat import HeartbeatDataModule, heartbeat_patterns
 from dpm.data.swiss_roll import SwissRollDataModule
+from dpm.evaluation import bound_over_split, write_result
 from dpm.run import build, evaluate, train
 from dpm.truth import (ROLL_T, roll_curve, simpson_log_weights, swiss_roll_raw_log_density, truth_fields)
 from tests.conftest import compose
@@ -124,10 +125,8 @@ def test_eval_json_sets_K_beside_the_truth_of_the_noisy_swiss_roll(tmp_path):
 def test_eval_json_heartbeat_truth_is_log2_one_fifth(tmp_path):
     cfg = compose(["dataset=heartbeat", "T=50", "dataset.n_train=100", "dataset.n_val=10", "dataset.n_test=40"])
     dm, module = build(cfg)
-    from dpm.run import bound
-
-    ev = compose(["ckpt_path=none"], config_name="evaluate")
-    result = bound(module.eval(), dm, ev, tmp_path, "raw", torch.device("cpu"))
+    result = bound_over_split(module.eval(), dm, progress=False)
+    write_result(result, tmp_path / "eval.json")
     assert result["true_log_likelihood"] == pytest.approx(math.log2(1 / 5))
     assert result["true_log_likelihood_stderr"] == 0
     assert result["gap_to_truth"] == pytest.approx(result["K"] - math.log2(1 / 5))
@@ -137,10 +136,7 @@ def test_eval_json_heartbeat_truth_is_log2_one_fifth(tmp_path):
 
 def test_no_truth_keys_where_the_density_is_unknown(tmp_path):
     dm, module = build(compose([*TINY]))
-    from dpm.run import bound
-
-    result = bound(module.eval(), dm, compose(["ckpt_path=none", "limit=50"], config_name="evaluate"), tmp_path,
-                   "raw", torch.device("cpu"))
+    result = bound_over_split(module.eval(), dm, limit=50, progress=False)
     assert "true_log_likelihood" not in result and "gap_to_truth" not in result
 
 
