@@ -244,7 +244,13 @@ def check_ranges(cfg: DictConfig, rules: dict[str, Callable[[Any], str | None]])
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Everything train.py can check before building: targets, keys, numeric ranges."""
+    """Everything train.py can check before building: targets, keys, numeric ranges, known-bad combinations."""
     check_targets(cfg)
     check_ranges(cfg, TRAIN_RULES)
     check_keys(cfg)
+    diffusion = str(OmegaConf.select(cfg, "diffusion._target_", default=""))
+    if diffusion.endswith("BinomialDiffusion") and OmegaConf.select(cfg, "schedule.learned", default=False):
+        raise ConfigError("schedule.learned=true is refused with binomial diffusion: x_t is a Bernoulli draw with no "
+                          "frozen-noise reparameterisation (paper 3.5), so the gradient that would train beta is "
+                          "biased (measured: the opposite sign of finite differences) and the schedule collapses to "
+                          "the null model. The paper keeps it fixed: schedule.learned=false.")
