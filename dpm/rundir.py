@@ -46,14 +46,7 @@ def claim(path: str | Path, what: str = "training run") -> Path:
             ways = "leave hydra.run.dir unset (each evaluation gets a new directory) or give an empty one"
         raise ConfigError(f"hydra.run.dir={path} already holds a run ({', '.join(found[:5])}"
                           f"{', ...' if len(found) > 5 else ''}); nothing there is overwritten. To go on: {ways}.")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"hydra.run.dir={path} cannot be written ({err.strerror or err}); choose a writable "
-                          "directory.") from None
+    check_writable(path, "hydra.run.dir")
     _CLAIMED.add(os.path.abspath(path))
     return path
 
