@@ -19,7 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.checks import ConfigError
 from dpm.rundir import global_rank_from_env, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
@@ -51,7 +50,7 @@ def _message(err: BaseException) -> str:
     """The user's error: a constructor's own message rather than Hydra's wrapper around it."""
     if isinstance(err, InstantiationException) and err.__cause__ is not None:
         return _message(err.__cause__)
-    return str(err) if isinstance(err, (ConfigError, OSError)) else f"{err}"
+    return str(err)
 
 
 def _fail(code: int, message: str) -> None:

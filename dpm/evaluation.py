@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import torch
 
 from dpm.bound import ESTIMATORS, mean_and_stderr
 from dpm.checks import ConfigError
 from dpm.data.base import DataModule
-from dpm.files import write_json
 from dpm.keyed import Keys
 from dpm.module import DiffusionModule
 from dpm.paper import TABLE1
@@ -90,11 +88,6 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
         result["nll_bits_per_dim_8bit"] = nll8
     result.update(dm.eval_info())
     return result
-
-
-def write_result(result: dict, path: Path) -> Path:
-    """eval.json, atomically."""
-    return write_json(path, result)
 
 
 def format_table(r: dict) -> str:

@@ -103,7 +103,7 @@ class DiffusionModule(L.LightningModule):
                 self._check_nonfinite(int(self._bad_in_a_row), int(self._bad_total))
         elif bad:
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
-            self._nonfinite("loss or gradient")
+            self._check_nonfinite(self.nonfinite_in_a_row + 1, self.nonfinite_total + 1)
         else:
             self.nonfinite_in_a_row = 0
 
@@ -114,15 +114,6 @@ class DiffusionModule(L.LightningModule):
             raise NonFiniteStop(f"{in_a_row} non-finite loss or gradient values in a row at step {self.global_step}; "
                                 "stopping (each was skipped, so the weights are finite). Try a lower optimizer.lr or "
                                 "trainer.precision=32-true.")
-
-    def _nonfinite(self, what: str) -> None:
-        self.nonfinite_in_a_row += 1
-        self.nonfinite_total += 1
-        self.log("train/nonfinite_skipped", float(self.nonfinite_total))
-        if self.nonfinite_in_a_row >= self.max_nonfinite:
-            raise NonFiniteStop(f"{self.nonfinite_in_a_row} non-finite {what} values in a row at step "
-                                f"{self.global_step}; stopping (each was skipped, so the weights are finite). Try a "
-                                "lower optimizer.lr or trainer.precision=32-true.")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x0, index = batch

@@ -12,7 +12,7 @@ from typing import Any
 from dpm.checks import ConfigError
 
 # Keys (or key prefixes) a resumed run may change; every other difference is refused.
-MUTABLE = ("optimizer.", "lr_scheduler", "trainer.", "callbacks", "logger", "val_n_t", "compile", "tf32", "ckpt_path",
+MUTABLE = ("optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "val_n_t", "compile", "tf32", "ckpt_path",
            "out_dir", "progress", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link", "dataset.batch_size", "dataset.eval_batch_size",
            "dataset.num_workers", "dataset.data_dir", "dataset.folder", "dataset.download")
 FIXED_WITHIN_MUTABLE = ("optimizer._target_",)  # another optimizer's state cannot be continued
@@ -41,10 +41,8 @@ def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
 
 
 def is_mutable(key: str) -> bool:
-    if key in FIXED_WITHIN_MUTABLE:
-        return False
-    return any(key == m.rstrip(".") or key.startswith(m if m.endswith(".") else m + ".") or key == m
-               for m in MUTABLE)
+    """key is one of MUTABLE or below one of them (and not one of FIXED_WITHIN_MUTABLE)."""
+    return key not in FIXED_WITHIN_MUTABLE and any(key == m or key.startswith(m + ".") for m in MUTABLE)
 
 
 def check_resume(old: dict, new: dict, ckpt_path: str) -> list[tuple[str, Any, Any]]:
@@ -57,7 +55,7 @@ def check_resume(old: dict, new: dict, ckpt_path: str) -> list[tuple[str, Any, A
         raise ConfigError(
             f"resume from ckpt_path={ckpt_path} refused: these settings define the model or its data and differ "
             f"from the checkpoint's: {lines}{more}. Drop those overrides to continue that run, or start a new run "
-            f"without ckpt_path. (Changeable on resume: {', '.join(m.rstrip('.') for m in MUTABLE[:6])}, ...)")
+            f"without ckpt_path. (Changeable on resume: {', '.join(MUTABLE[:6])}, ...)")
     return [d for d in diffs if d[0] not in ("ckpt_path", "out_dir")]
 
 

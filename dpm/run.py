@@ -21,12 +21,12 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpm.bound import ESTIMATORS
-from dpm.checkpoint import WEIGHTS, AtomicCheckpointIO, checkpoint_config, load_checkpoint, restore
+from dpm.checkpoint import WEIGHTS, AtomicCheckpointIO, load_checkpoint, restore
 from dpm.checks import EVAL_RULES, ConfigError, check_ranges, check_train_config
 from dpm.data.base import SPLITS, DataModule
-from dpm.evaluation import bound_over_split, format_table, write_result
+from dpm.evaluation import bound_over_split, format_table
 from dpm.figures import draw
-from dpm.files import write_text
+from dpm.files import write_json, write_text
 from dpm.module import DiffusionModule, NonFiniteStop
 from dpm.progress import Progress
 from dpm.resume import check_resume
@@ -39,9 +39,9 @@ TASKS = ("bound", "sample", *POSTERIOR_TASKS)
 class Interrupted(Exception):
     """Training stopped by SIGINT (exit 130) or SIGTERM (exit 143) after writing last.ckpt."""
 
-    def __init__(self, signal_name: str, exit_code: int, message: str) -> None:
+    def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
-        self.signal_name, self.exit_code = signal_name, exit_code
+        self.exit_code = exit_code
 
 
 class RunFailed(RuntimeError):
@@ -152,11 +152,12 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         cfg.out_dir = str(out_dir)
     check_train_config(cfg)
     ckpt_path = cfg.get("ckpt_path")
-    changes = []
+    changes, start_step = [], 0
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         new = OmegaConf.to_container(cfg, resolve=True)
         changes = check_resume(ckpt["dpm_config"], new, str(ckpt_path))
+        start_step = int(ckpt.get("global_step", 0))
         del ckpt
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -180,7 +181,7 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         logger.log_hyperparams(module.run_config)
     launch_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
     try:
-        return _fit_and_test(cfg, trainer, module, dm, out_dir)
+        return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
             import wandb
@@ -197,21 +198,18 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,
-                  out_dir: Path) -> dict:
+                  out_dir: Path, start_step: int) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        raise Interrupted("SIGTERM", 143, _stopped_message("SIGTERM", out_dir, trainer)) from None
+        raise Interrupted(143, _stopped_message("SIGTERM", out_dir, trainer)) from None
     except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
         if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
-            raise Interrupted("SIGINT", 130, _stopped_message("SIGINT", out_dir, trainer)) from None
+            raise Interrupted(130, _stopped_message("SIGINT", out_dir, trainer)) from None
         raise exit_
     except NonFiniteStop as err:
         raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
-    start_step = 0
-    if ckpt_path is not None:
-        start_step = int(torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step", 0))
     if trainer.global_step <= start_step:
         raise RunFailed(f"the run ended after {trainer.global_step - start_step} optimizer steps: trainer.max_steps="
                         f"{cfg.trainer.max_steps} was already reached{' by the checkpoint' if ckpt_path else ''} "
@@ -240,7 +238,7 @@ def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_di
                               batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
                               progress=cfg.get("progress", True))
     result.update(weights=_weights_kind(module), checkpoint=str(out_dir / "checkpoints" / "last.ckpt"))
-    write_result(result, out_dir / "eval.json")
+    write_json(out_dir / "eval.json", result)
     print(format_table(result))
     return result
 
@@ -298,7 +296,6 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     check_eval_config(cfg)
     device = eval_device(cfg.device)
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
-    checkpoint_config(ckpt)
     dm, module, weights = restore(ckpt, cfg.weights)
     module.to(device).eval()
     claim(out_dir, "evaluation")
@@ -314,7 +311,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
                               batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed, device=device,
                               progress=cfg.get("progress", True))
     result.update(weights=weights, checkpoint=str(cfg.ckpt_path))
-    write_result(result, out_dir / "eval.json")
+    write_json(out_dir / "eval.json", result)
     print(format_table(result))
     return {**result, "eval": str(out_dir / "eval.json")}
 

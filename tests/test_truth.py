@@ -13,7 +13,8 @@ import torch
 from dpm.bound import LN2, mean_and_stderr
 from dpm.data.heartbeat import HeartbeatDataModule, heartbeat_patterns
 from dpm.data.swiss_roll import SwissRollDataModule
-from dpm.evaluation import bound_over_split, write_result
+from dpm.evaluation import bound_over_split
+from dpm.files import write_json
 from dpm.run import build, evaluate, train
 from dpm.truth import (ROLL_T, roll_curve, simpson_log_weights, swiss_roll_raw_log_density, truth_fields)
 from tests.conftest import compose
@@ -126,7 +127,7 @@ def test_eval_json_heartbeat_truth_is_log2_one_fifth(tmp_path):
     cfg = compose(["dataset=heartbeat", "T=50", "dataset.n_train=100", "dataset.n_val=10", "dataset.n_test=40"])
     dm, module = build(cfg)
     result = bound_over_split(module.eval(), dm, progress=False)
-    write_result(result, tmp_path / "eval.json")
+    write_json(tmp_path / "eval.json", result)
     assert result["true_log_likelihood"] == pytest.approx(math.log2(1 / 5))
     assert result["true_log_likelihood_stderr"] == 0
     assert result["gap_to_truth"] == pytest.approx(result["K"] - math.log2(1 / 5))
