@@ -87,7 +87,7 @@ class DiffusionModule(L.LightningModule):
 
         A fused optimizer (Adam(fused=True), the default config) skips on the device, as it does for
         GradScaler: `found_inf` holds the decision and nothing waits for the GPU; the count of skipped steps is
-        read every max_nonfinite // 2 steps. Other optimizers need the decision on the host: one sync per step."""
+        read every log_every_n_steps (at most max_nonfinite // 2) steps. Other optimizers need the decision on the host: one sync per step."""
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:
             return
@@ -99,7 +99,9 @@ class DiffusionModule(L.LightningModule):
                 self._bad_total = torch.zeros((), device=bad.device)
             self._bad_in_a_row = (self._bad_in_a_row + 1) * bad
             self._bad_total = self._bad_total + bad
-            if (self.global_step + 1) % max(1, self.max_nonfinite // 2) == 0:  # a stop is at most that late
+            # read at every logging step, and often enough that a stop comes at most max_nonfinite // 2 steps late
+            every = min(self.trainer.log_every_n_steps, max(1, self.max_nonfinite // 2))
+            if (self.global_step + 1) % every == 0:
                 self._check_nonfinite(int(self._bad_in_a_row), int(self._bad_total))
         elif bad:
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
