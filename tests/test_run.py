@@ -1,6 +1,7 @@
 """dpm.run end to end on the Swiss roll with a tiny budget: train, checkpoint, resume, evaluate, bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,15 +119,31 @@ def test_compiled_network_checkpoints_load_into_a_plain_one(compose_cfg):
         assert torch.equal(a, b)
 
 
-def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(tmp_path):
-    """Weights, optimizer state and the RNG streams of t and noise all come back: 4 + 4 steps == 8 steps."""
-    base = TINY + ["trainer.val_check_interval=4", "callbacks=none", "logger=none"]  # 4 batches per epoch
-    train(compose(base + ["trainer.max_steps=8"]), tmp_path / "straight")
-    train(compose(base + ["trainer.max_steps=4"]), tmp_path / "first")
+def _weights_equal(a: Path, b: Path) -> None:
+    first, second = (torch.load(p, weights_only=True) for p in (a, b))
+    assert first["global_step"] == second["global_step"]
+    for key, value in first["state_dict"].items():
+        assert torch.equal(value, second["state_dict"][key]), key
+
+
+@pytest.fixture(scope="module")
+def straight_8(tmp_path_factory):
+    """8 uninterrupted steps, 4 batches per epoch, a validation (and last.ckpt) every 2."""
+    out = tmp_path_factory.mktemp("straight")
+    train(compose(RESUME_BASE + ["trainer.max_steps=8"]), out)
+    return out / "checkpoints" / "last.ckpt"
+
+
+RESUME_BASE = TINY + ["trainer.val_check_interval=2", "callbacks=none", "logger=none", "test_at_end=false"]
+
+
+@pytest.mark.parametrize("stop", [2, 3, 4, 5], ids=["at-a-validation", "mid-epoch", "epoch-boundary", "mid-epoch-2"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, straight_8, stop):
+    """Weights, optimizer state, the keyed draws of t and noise and the data order all come back: stop + the rest
+    == 8 steps, bit for bit, from a checkpoint written at a validation, mid-epoch or at an epoch's end (the
+    training loader resumes mid-epoch, dpm.data.base.ResumableLoader)."""
+    train(compose(RESUME_BASE + [f"trainer.max_steps={stop}"]), tmp_path / "first")
     first = tmp_path / "first" / "checkpoints" / "last.ckpt"
-    train(compose(base + ["trainer.max_steps=8", f"ckpt_path={first}"]), tmp_path / "resumed")
-    straight = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert straight["global_step"] == resumed["global_step"] == 8
-    for key, value in straight["state_dict"].items():
-        assert torch.allclose(value, resumed["state_dict"][key], atol=1e-6), key
+    assert torch.load(first, weights_only=True)["global_step"] == stop
+    train(compose(RESUME_BASE + ["trainer.max_steps=8", f"ckpt_path={first}"]), tmp_path / "resumed")
+    _weights_equal(straight_8, tmp_path / "resumed" / "checkpoints" / "last.ckpt")
