@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import torch
 
@@ -40,49 +41,85 @@ def estimate_seconds(module: DiffusionModule, x0: torch.Tensor, estimator: str, 
 
 def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "test", estimator: str = "exact",
                      n_t: int = 16, batch_size: int = 1000, limit: int | None = None, seed: int = 0,
-                     device: torch.device | str = "cpu", progress: bool = True) -> dict:
-    """K per example over a split (or its first `limit` examples), summarised as eval.json's fields."""
+                     device: torch.device | str = "cpu", progress: bool = True, fabric=None) -> dict:
+    """K per example over a split (or its first `limit` examples), summarised as eval.json's fields.
+
+    With a launched lightning.fabric.Fabric (evaluate.py devices=N) each of its processes takes its own shard of
+    the examples (no padding, none twice) with batch_size // N per batch, and the per-example values are gathered
+    by example index: the draws are keyed by (seed, index), so K is the same for any number of processes and any
+    batch size. Every process returns the summary; only rank 0 shows progress."""
     if estimator not in ESTIMATORS:
         raise ConfigError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     T = module.diffusion.T
     if estimator == "mc" and not 1 <= n_t <= T - 1:
         raise ConfigError(f"n_t={n_t} is invalid: between 1 and T - 1 = {T - 1} draws of t per example")
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     n = split_size(dm, split, limit)
     terms = T - 1 if estimator == "exact" else n_t
     start = time.perf_counter()
-    Ks, L_nulls, truths = [], [], []
-    with torch.no_grad(), Progress(n * terms, f"{estimator} bound", unit="term", enabled=progress) as bar:
-        for x0, index in dm.loader(split, batch_size, rank=0, world=1):
-            if index[0] >= n:
+    rows = []  # [B, 4] per batch: index, K, L_null, truth (NaN where the density is unknown)
+    show = progress and rank == 0
+    with torch.no_grad(), Progress(len(range(rank, n, world)) * terms, f"{estimator} bound", unit="term",
+                                   enabled=show) as bar:
+        for x0, index in dm.loader(split, batch_size, rank=rank, world=world):
+            keep = index < n
+            if not keep.any():
                 break
-            x0, index = x0[: n - int(index[0])].to(device), index[: n - int(index[0])].to(device)
+            x0, index = x0[keep].to(device), index[keep].to(device)
             keys = Keys(seed, index)  # each example's t, noise and dequantisation: the same in any batch
             x0 = dm.dequantize(x0, keys=keys)
-            if not Ks and progress:
-                seconds = estimate_seconds(module, x0, estimator, n_t, n)
-                announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}",
-                         seconds)
+            if not rows and show:
+                seconds = estimate_seconds(module, x0, estimator, n_t, len(range(rank, n, world)))
+                announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}"
+                         + (f", {world} processes" if world > 1 else ""), seconds)
             K, L_null = module.bound(x0, estimator, n_t, on_terms=bar.update, keys=keys)
-            Ks.append(K.cpu())
-            L_nulls.append(L_null.cpu())
             truth = dm.true_log_likelihood(x0)  # nats per example; None where the density is unknown
-            if truth is not None:
-                truths.append(module.to_units(truth).cpu())
-            mean, se = mean_and_stderr(torch.cat(Ks))
+            truth = module.to_units(truth) if truth is not None else torch.full_like(K, float("nan"))
+            rows.append(torch.stack([index.double(), K.double(), L_null.double(), truth.double().to(K.device)], 1))
+            mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]))
             bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
-    K, L_null = torch.cat(Ks), torch.cat(L_nulls)
+    table = torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64, device=device)
+    if fabric is not None:
+        table = gather_by_index(fabric, table, n)
+    return summarize(module, dm, table, split=split, estimator=estimator, n_t=n_t,
+                     seconds=time.perf_counter() - start)
+
+
+def gather_by_index(fabric, table: torch.Tensor, n: int) -> torch.Tensor:
+    """Every process's rows [m_r, C] (column 0 the example index) gathered on every process and sorted by index:
+    [n, C]. Each shard is padded to ceil(n / world) rows with index -1 so that the collective sees equal shapes
+    (lightning's all_gather); the padding is dropped, and a missing or repeated index is an error."""
+    width = math.ceil(n / fabric.world_size)
+    padded = table.new_full((width, table.shape[1]), float("nan"))
+    padded[:, 0] = -1
+    padded[: len(table)] = table
+    with warnings.catch_warnings():  # Lightning 2.6 calls a collective that torch >= 2.9 deprecates
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated")
+        rows = fabric.all_gather(padded.to(fabric.device)).reshape(-1, table.shape[1]).cpu()
+    rows = rows[rows[:, 0] >= 0]
+    rows = rows[torch.argsort(rows[:, 0])]
+    if not torch.equal(rows[:, 0], torch.arange(n, dtype=rows.dtype)):
+        raise RuntimeError(f"the processes returned {len(rows)} examples for {n}: some index is missing or repeated")
+    return rows
+
+
+def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, split: str, estimator: str,
+              n_t: int, seconds: float) -> dict:
+    """eval.json's fields from the per-example rows [N, 4] (index, K, L_null, truth; in the reporting unit)."""
+    T = module.diffusion.T
+    K, L_null, truth = table[:, 1].cpu(), table[:, 2].cpu(), table[:, 3].cpu()
     K_mean, K_se = mean_and_stderr(K)
     gain_mean, gain_se = mean_and_stderr(K - L_null)
     K_bpd = K_mean * dm.units_per_example / math.prod(dm.data_shape)
     result = {
         "dataset": dm.name, "diffusion": module.diffusion.kind, "T": T, "split": split,
         "estimator": estimator, "n_t": n_t if estimator == "mc" else T - 1,
-        "n_examples": int(K.numel()), "K": K_mean, "K_stderr": K_se, "L_null": L_null.double().mean().item(),
+        "n_examples": int(K.numel()), "K": K_mean, "K_stderr": K_se, "L_null": L_null.mean().item(),
         "K_minus_L_null": gain_mean, "K_minus_L_null_stderr": gain_se, "unit": dm.unit,
-        "K_bits_per_dim": K_bpd, "seconds": time.perf_counter() - start,
+        "K_bits_per_dim": K_bpd, "seconds": seconds,
     }
-    if truths:  # the data's density is known (heartbeat, noisy Swiss roll): K beside it, paired (dpm.truth)
-        result.update(truth_fields(K, torch.cat(truths)))
+    if not truth.isnan().all():  # the data's density is known (heartbeat, noisy Swiss roll): K beside it, paired
+        result.update(truth_fields(K, truth))
     nll8 = dm.nll_bits_per_dim_8bit(K_bpd)
     if nll8 is not None:
         result["nll_bits_per_dim_8bit"] = nll8

@@ -11,7 +11,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 import torch
@@ -179,18 +181,28 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
                                      logger=_children(cfg.get("logger")) or False, **settings)
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
         logger.log_hyperparams(module.run_config)
-    launch_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
     try:
-        return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
+        with processes_cleaned_up():
+            return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
             import wandb
 
             wandb.finish()  # or every job of a multirun logs into one W&B run
+
+
+@contextmanager
+def processes_cleaned_up() -> Iterator[None]:
+    """Around a run that may launch DDP processes: afterwards the process group is destroyed (the next job of a
+    multirun starts new processes; this group's peers are gone) and the launcher's environment restored
+    (Lightning would take its own leftover LOCAL_RANK for an external launcher's)."""
+    launch_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    try:
+        yield
+    finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # the next job of a multirun starts new DDP processes: this group's peers are gone
             torch.distributed.destroy_process_group()
-        for key, value in launch_env.items():  # Lightning would take its own LOCAL_RANK as an external launcher's
+        for key, value in launch_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
@@ -289,29 +301,69 @@ def eval_device(name: str) -> torch.device:
     return device
 
 
+def launch_processes(cfg: DictConfig):
+    """A launched lightning.fabric.Fabric for evaluate.py devices=N (task=bound), or None for one process.
+
+    Fabric starts the other processes by re-running this command (as the Trainer does for train.py) or joins
+    those torchrun or SLURM started; gloo on CPUs, NCCL on GPUs."""
+    devices = cfg.get("devices", 1)
+    if devices == 1:
+        return None
+    if cfg.task != "bound":
+        raise ConfigError(f"devices={devices} applies to task=bound; task={cfg.task} runs in one process "
+                          "(choose its device with device=...)")
+    if cfg.device != "auto":
+        raise ConfigError(f"device={cfg.device} chooses the one device of a single process; with devices={devices} "
+                          "choose the kind with accelerator=cpu|gpu|auto")
+    from lightning.fabric import Fabric
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        fabric = Fabric(accelerator=cfg.get("accelerator", "auto"), devices=devices,
+                        strategy="ddp", precision="32-true")
+    except (MisconfigurationException, ValueError, RuntimeError) as err:
+        raise ConfigError(f"devices={devices} accelerator={cfg.get('accelerator', 'auto')}: {err}") from None
+    return fabric
+
+
 def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
-    """task=bound: K on a split, written to out_dir/eval.json and printed beside the paper's Table 1.
-    task=sample: a figure of samples with a fixed seed in out_dir. out_dir must not hold earlier results."""
+    """task=bound: K on a split, written to out_dir/eval.json and printed beside the paper's Table 1 (on
+    `devices` processes); task=sample: a figure of samples with a fixed seed in out_dir; the posterior tasks
+    (dpm.tasks). out_dir must not hold earlier results."""
     out_dir = Path(out_dir)
     check_eval_config(cfg)
     device = eval_device(cfg.device)
+    fabric = launch_processes(cfg)
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     dm, module, weights = restore(ckpt, cfg.weights)
+    rank0 = global_rank_from_env() == 0
+    if rank0:  # processes Fabric starts later write nothing of their own
+        claim(out_dir, "evaluation")
+        if hydra_record:
+            write_hydra_record(out_dir, hydra_record)
+    if fabric is not None:
+        with processes_cleaned_up():
+            fabric.launch()
+            return _bound(cfg, module.to(fabric.device).eval(), dm, weights, fabric.device, out_dir, fabric)
     module.to(device).eval()
-    claim(out_dir, "evaluation")
-    if hydra_record:
-        write_hydra_record(out_dir, hydra_record)
     if cfg.task == "sample":
         with Progress(module.diffusion.T, "sampling", unit="step", enabled=cfg.get("progress", True)) as bar:
             path = draw(module, dm, out_dir / "samples.png", cfg.seed, on_step=bar.update)
         return {"figure": str(path)}
     if cfg.task in POSTERIOR_TASKS:  # inpaint, denoise, complete, constrain, parzen (dpm.tasks)
         return POSTERIOR_TASKS[cfg.task](module, dm, cfg, out_dir, device)
+    return _bound(cfg, module, dm, weights, device, out_dir)
+
+
+def _bound(cfg: DictConfig, module: DiffusionModule, dm: DataModule, weights: str, device: torch.device,
+           out_dir: Path, fabric=None) -> dict:
     result = bound_over_split(module, dm, split=cfg.split, estimator=cfg.estimator, n_t=cfg.n_t,
                               batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed, device=device,
-                              progress=cfg.get("progress", True))
-    result.update(weights=weights, checkpoint=str(cfg.ckpt_path))
+                              progress=cfg.get("progress", True), fabric=fabric)
+    result.update(weights=weights, checkpoint=str(cfg.ckpt_path),
+                  processes=fabric.world_size if fabric is not None else 1)
+    if fabric is not None and fabric.global_rank != 0:
+        return result
     write_json(out_dir / "eval.json", result)
     print(format_table(result))
     return {**result, "eval": str(out_dir / "eval.json")}
-

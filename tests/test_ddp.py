@@ -1,8 +1,10 @@
-"""DDP failure paths with 2 CPU processes (gloo), each under a timeout: they must end, not hang (issue 8)."""
+"""DDP with 2 CPU processes (gloo), each run under a timeout: failure paths that must end, not hang; the same K,
+val/K and weights on 1 and 2 processes (keyed draws, shards gathered by example index) (issue 8)."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -94,3 +96,107 @@ def test_multirun_with_ddp_leaves_one_sweep_directory(tmp_path):
     for job in ("0", "1"):
         assert (sweep / job / "checkpoints" / "last.ckpt").is_file()
         assert sorted(p.name for p in (sweep / job).iterdir() if p.is_dir()) == [".hydra", "checkpoints", "logs"]
+
+
+# ---- the same numbers on any number of processes (keyed draws, no padding, gathered by index) ----------------
+@pytest.fixture(scope="module")
+def roll_ckpt(tmp_path_factory):
+    """A Swiss roll model after a few steps (one process): its K is what the processes must agree on."""
+    from dpm.run import train
+    from tests.conftest import compose
+
+    out = tmp_path_factory.mktemp("roll")
+    train(compose(["trainer.max_steps=30", "trainer.val_check_interval=30", "dataset.n_train=512",
+                   "dataset.n_val=101", "dataset.n_test=101", "dataset.batch_size=64", "T=12", "callbacks=none",
+                   "logger=none", "test_at_end=false", "trainer.enable_progress_bar=false"]), out)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def _evaluate_in_process(ckpt: Path, out: Path, *args: str) -> dict:
+    from dpm.run import evaluate
+    from tests.conftest import compose
+
+    return evaluate(compose([f"ckpt_path={ckpt}", "progress=false", *args], config_name="evaluate"), out)
+
+
+def test_evaluate_gives_the_same_K_on_1_and_2_processes_and_any_batch_size(roll_ckpt, tmp_path):
+    """101 test examples (an odd count: the shards differ in size) on 1 process with batches of 1000 and 7, and
+    on 2 gloo processes with a global batch of 16 (evaluate.py devices=2): K to 1e-6 relative, every example
+    counted once, for both estimators."""
+    for estimator in ("exact", "mc"):
+        args = (f"estimator={estimator}", "n_t=3")
+        runs = {name: _evaluate_in_process(roll_ckpt, tmp_path / f"{estimator}-{name}", *args, f"batch_size={b}")
+                for name, b in (("1x1000", 1000), ("1x7", 7))}
+        proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={roll_ckpt}", "progress=false", *args,
+                               "devices=2", "accelerator=cpu", "batch_size=16",
+                               f"hydra.run.dir={tmp_path / estimator}-2x16"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs["2x16"] = json.loads((tmp_path / f"{estimator}-2x16" / "eval.json").read_text())
+        assert runs["2x16"]["processes"] == 2
+        for name, run in runs.items():
+            assert run["n_examples"] == 101, name
+            for key in ("K", "K_stderr", "L_null", "K_minus_L_null"):
+                assert run[key] == pytest.approx(runs["1x1000"][key], rel=1e-6, abs=1e-9), (estimator, name, key)
+
+
+VALIDATE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from tests.test_ddp import validate
+
+    json.dump(validate(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])), open(sys.argv[4], "w"))
+''')
+
+
+def validate(ckpt: str, devices: int, batch: int) -> dict:
+    """val/K of a checkpoint through Lightning's validation loop on `devices` CPU processes (rank 0's metrics)."""
+    import lightning as L
+    from omegaconf import OmegaConf
+
+    from dpm.checkpoint import load_checkpoint, restore
+    from dpm.run import trainer_settings
+
+    dm, module, _ = restore(load_checkpoint(ckpt), "raw")
+    dm.eval_batch_size = batch
+    trainer_cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": devices,
+                                                "strategy": "ddp" if devices > 1 else "auto"}})
+    trainer = L.Trainer(accelerator="cpu", devices=devices, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False, **trainer_settings(trainer_cfg))
+    metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def test_val_K_is_the_same_on_1_and_2_processes_and_any_batch_size(roll_ckpt, tmp_path):
+    got = {(1, batch): validate(str(roll_ckpt), 1, batch) for batch in (1000, 7)}
+    script, out = tmp_path / "validate.py", tmp_path / "2x16.json"
+    script.write_text(VALIDATE_SCRIPT.format(root=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(script), str(roll_ckpt), "2", "16", str(out)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got[(2, 16)] = json.loads(out.read_text())
+    for key in ("val/K", "val/K_minus_L_null"):
+        for run, metrics in got.items():
+            assert metrics[key] == pytest.approx(got[(1, 1000)][key], rel=1e-6), (run, key)
+
+
+@pytest.mark.slow
+def test_resume_on_2_ranks_reproduces_the_uninterrupted_run(tmp_path):
+    """8 steps on 2 gloo processes == 5 steps (stopped mid-epoch) + 3 resumed, weights bit for bit: each rank's
+    keyed draws and its data shard continue where they stopped."""
+    args = [a for a in DDP if not a.startswith(("trainer.val_check_interval", "callbacks."))] + [
+        "trainer.val_check_interval=2", "test_at_end=false", "callbacks=none", "logger=none"]
+
+    def train(out: Path, *extra: str) -> Path:
+        proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={out}", *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return out / "checkpoints" / "last.ckpt"
+
+    straight = train(tmp_path / "straight", "trainer.max_steps=8")
+    first = train(tmp_path / "first", "trainer.max_steps=5")
+    resumed = train(tmp_path / "resumed", "trainer.max_steps=8", f"ckpt_path={first}")
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key

@@ -152,12 +152,20 @@ CASES = [
      r"n_t=0 is invalid"),
     ("evaluate EMA weights that are not there", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "weights=ema"], 2,
      r"no EMA weights"),
+    ("evaluate on zero devices", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "devices=0"], 2,
+     r"devices=0 is invalid"),
+    ("evaluate a figure on 2 processes", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "devices=2", "task=sample"],
+     2, r"devices=2 applies to task=bound"),
+    ("evaluate with one device and 2 processes", "evaluate.py",
+     lambda w: [f"ckpt_path={ckpt(w)}", "devices=2", "device=cpu"], 2, r"with devices=2 choose the kind with accelerator"),
     ("evaluate into the run's own directory", "evaluate.py",
      lambda w: [f"ckpt_path={ckpt(w)}", f"hydra.run.dir={w / 'run'}"], 2, r"already holds a run"),
 ]
 if not torch.cuda.is_available():
     CASES.append(("evaluate on a missing GPU", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "device=cuda"], 2,
                   r"no CUDA device is available"))
+    CASES.append(("evaluate on 2 missing GPUs", "evaluate.py",
+                  lambda w: [f"ckpt_path={ckpt(w)}", "devices=2", "accelerator=gpu"], 2, r"devices=2 accelerator=gpu"))
 
 
 @pytest.mark.parametrize("name,script,args,code,message", CASES, ids=[c[0] for c in CASES])
