@@ -48,7 +48,7 @@ from omegaconf import DictConfig, open_dict
 
 from dpm.bound import LN2, K_per_example
 from dpm.keyed import Keys
-from dpm.run import build
+from dpm.run import build, make_callbacks
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = {  # the project's own configs
@@ -276,13 +276,12 @@ class Bench:
 
     def trainer(self, callbacks: list, **kwargs) -> L.Trainer:
         """A Trainer from the preset's own trainer, callbacks and logger config, on the chosen device."""
-        keep = [cb for cb in (instantiate(c) for c in (self.cfg.get("callbacks") or {}).values() if c is not None)
-                if type(cb).__name__ not in LEFT_OUT_CALLBACKS]
+        with open_dict(self.cfg):
+            self.cfg.trainer.enable_progress_bar = not self.args.no_progress_bar
+        keep = [cb for cb in make_callbacks(self.cfg) if type(cb).__name__ not in LEFT_OUT_CALLBACKS]
         loggers = [instantiate(c) for c in (self.cfg.get("logger") or {}).values() if c is not None]
         settings = dict(accelerator=self.device.type, devices=[self.device.index] if self.device.type == "cuda" else 1,
                         precision=self.precision, num_sanity_val_steps=0, enable_model_summary=False)
-        if self.args.no_progress_bar:
-            settings["enable_progress_bar"] = False
         if self.args.no_logger:
             loggers = []
         if not loggers:  # it refuses to run without one

@@ -213,6 +213,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.accumulate_grad_batches": _int(1),
     "callbacks.ema.decay": _real(0, 1, hi_open=True),
     "callbacks.figure.every_n_val": _int(0),
+    "progress_bar_every": _int(1),
 }
 EVAL_RULES: dict[str, Callable[[Any], str | None]] = {
     "n_t": _int(1),

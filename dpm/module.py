@@ -49,8 +49,8 @@ class DiffusionModule(L.LightningModule):
         self.seed = seed
         self.dequantize = dequantize or (lambda x0, keys=None, generator=None: x0)  # the data module's (images)
         self._generator: torch.Generator | None = None
-        self._bad_in_a_row: torch.Tensor | None = None  # skipped-step counts on the device (fused optimizers)
-        self._bad_total: torch.Tensor | None = None
+        self._nonfinite: list[torch.Tensor] | None = None  # skipped-step counts on the device (fused optimizers)
+        self._trained: list[nn.Parameter] | None = None  # the parameters with gradients, listed once
 
     def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(xt, t)
@@ -86,32 +86,39 @@ class DiffusionModule(L.LightningModule):
         DDP every rank sees the same ones and decides alike (no rank waits on another).
 
         A fused optimizer (Adam(fused=True), the default config) skips on the device, as it does for
-        GradScaler: `found_inf` holds the decision and nothing waits for the GPU; the count of skipped steps is
-        read every log_every_n_steps (at most max_nonfinite // 2) steps. Other optimizers need the decision on the host: one sync per step."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        GradScaler: `found_inf` holds the decision (one fused check over all gradients, GradScaler's own) and
+        nothing waits for the device; the count of skipped steps is read every log_every_n_steps (at most
+        max_nonfinite // 2) steps. Other optimizers need the decision on the host: one sync per step."""
+        if self._trained is None:  # the same parameters all through a fit: walking the modules per step is slow
+            self._trained = [p for p in self.parameters() if p.requires_grad]
+        grads = [p.grad for p in self._trained if p.grad is not None]
         if not grads:
             return
-        bad = ~torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
         if getattr(optimizer, "defaults", {}).get("fused"):
-            optimizer.found_inf = bad.float()
-            if self._bad_in_a_row is None:
-                self._bad_in_a_row = torch.zeros((), device=bad.device)
-                self._bad_total = torch.zeros((), device=bad.device)
-            self._bad_in_a_row = (self._bad_in_a_row + 1) * bad
-            self._bad_total = self._bad_total + bad
+            if self._nonfinite is None:  # found_inf, steps skipped in a row, in all, 1: float [] on the device
+                self._nonfinite = [torch.zeros((), device=grads[0].device) for _ in range(3)] + [
+                    torch.ones((), device=grads[0].device)]
+            found_inf, in_a_row, total, one = self._nonfinite
+            found_inf.zero_()
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, one)  # scale 1: only the check
+            optimizer.found_inf = found_inf
+            in_a_row.add_(1).mul_(found_inf)
+            total.add_(found_inf)
             # read at every logging step, and often enough that a stop comes at most max_nonfinite // 2 steps late
-            every = min(self.trainer.log_every_n_steps, max(1, self.max_nonfinite // 2))
-            if (self.global_step + 1) % every == 0:
-                self._check_nonfinite(int(self._bad_in_a_row), int(self._bad_total))
-        elif bad:
+            step = self.global_step + 1
+            log = step % self.trainer.log_every_n_steps == 0
+            if log or step % max(1, self.max_nonfinite // 2) == 0:
+                self._check_nonfinite(int(in_a_row), int(total), log)
+        elif not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             optimizer.zero_grad(set_to_none=True)  # params without a grad are left alone by the optimizer
-            self._check_nonfinite(self.nonfinite_in_a_row + 1, self.nonfinite_total + 1)
+            self._check_nonfinite(self.nonfinite_in_a_row + 1, self.nonfinite_total + 1, log=True)
         else:
             self.nonfinite_in_a_row = 0
 
-    def _check_nonfinite(self, in_a_row: int, total: int) -> None:
+    def _check_nonfinite(self, in_a_row: int, total: int, log: bool) -> None:
         self.nonfinite_in_a_row, self.nonfinite_total = in_a_row, total
-        self.log("train/nonfinite_skipped", float(total))
+        if log:  # self.log costs more than a small model's step
+            self.log("train/nonfinite_skipped", float(total))
         if in_a_row >= self.max_nonfinite:
             raise NonFiniteStop(f"{in_a_row} non-finite loss or gradient values in a row at step {self.global_step}; "
                                 "stopping (each was skipped, so the weights are finite). Try a lower optimizer.lr or "

@@ -13,7 +13,7 @@ from dpm.checks import ConfigError
 
 # Keys (or key prefixes) a resumed run may change; every other difference is refused.
 MUTABLE = ("optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "val_n_t", "compile", "tf32", "ckpt_path",
-           "out_dir", "progress", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link", "dataset.batch_size", "dataset.eval_batch_size",
+           "out_dir", "progress", "progress_bar_every", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link", "dataset.batch_size", "dataset.eval_batch_size",
            "dataset.num_workers", "dataset.data_dir", "dataset.folder", "dataset.download")
 FIXED_WITHIN_MUTABLE = ("optimizer._target_",)  # another optimizer's state cannot be continued
 

@@ -122,6 +122,18 @@ def _children(node: DictConfig | None) -> list:
     return [instantiate(child) for child in (node or {}).values() if child is not None]
 
 
+def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The configured callbacks, plus Lightning's progress bar redrawn every `progress_bar_every` steps (its
+    default redraw at every step costs more than a small model's whole step) unless the config brings its own
+    bar or turns it off (trainer.enable_progress_bar=false)."""
+    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+
+    callbacks = _children(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+    return callbacks
+
+
 def _world_size(trainer_cfg: DictConfig) -> int:
     """How many processes the trainer config asks for (1 where it cannot be told before the Trainer exists)."""
     devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
@@ -177,7 +189,7 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
             config["resumed_from"] = str(ckpt_path)
             config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=_children(cfg.get("callbacks")),
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=make_callbacks(cfg),
                                      logger=_children(cfg.get("logger")) or False, **settings)
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
         logger.log_hyperparams(module.run_config)

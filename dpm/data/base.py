@@ -8,93 +8,12 @@ from typing import Callable
 
 import torch
 import lightning as L
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader
 
+from dpm.data.loaders import BatchTensorDataset, EpochBatches, ResumableLoader, ShardBatches, as_batch
 from dpm.keyed import Keys
 
 SPLITS = ("train", "val", "test")
-
-
-class BatchTensorDataset(TensorDataset):
-    """A TensorDataset that the DataLoader indexes once per batch (tensor[indices]) rather than once per
-    example: a batch of 1024 small examples costs 0.5 ms instead of 3.6 ms."""
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
-        index = torch.as_tensor(indices)
-        return tuple(t[index] for t in self.tensors)
-
-
-def as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """The collate function for BatchTensorDataset: its batches are already stacked."""
-    return batch
-
-
-class EpochShuffle(Sampler[int]):
-    """This rank's share of a random order that depends only on (seed, epoch). With `world` processes, rank r
-    takes every world-th example of the order from r, all shares equally long (the last n mod world examples of
-    an epoch's order wait for another epoch).
-
-    The sampler counts its epochs itself, one per pass, rather than taking Lightning's epoch number: a checkpoint
-    written at the end of a fit that stopped mid-epoch (max_steps) already counts that epoch as done, so a resumed
-    run would otherwise skip the rest of it. `resume(epoch, skip)` makes the next pass epoch `epoch` without its
-    first `skip` examples (ResumableLoader)."""
-
-    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
-        self.epoch, self.skip = 0, 0  # the next pass
-        self.in_progress = 0  # the epoch of the pass under way
-
-    def resume(self, epoch: int, skip: int) -> None:
-        self.epoch, self.skip = epoch, skip
-        self.in_progress = epoch
-
-    def __len__(self) -> int:
-        return self.n // self.world
-
-    def __iter__(self):
-        self.in_progress, skip = self.epoch, self.skip
-        self.epoch, self.skip = self.epoch + 1, 0
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.in_progress)
-        order = torch.randperm(self.n, generator=g)[: len(self) * self.world]
-        return iter(order[self.rank:: self.world][skip:].tolist())
-
-
-class ResumableLoader(DataLoader):
-    """The training loader, resumable mid-epoch through Lightning's `state_dict` / `load_state_dict` protocol for
-    data loaders: every checkpoint records the epoch under way and how many of its batches were trained on
-    (`batches_done()`, read from the trainer's progress), and a resumed fit yields only the epoch's remaining
-    batches, as Lightning's loop expects of a resumable loader (it counts those batches as already fetched).
-    Without it a run resumed from a mid-epoch last.ckpt would train on the epoch's first batches again."""
-
-    def __init__(self, *args, batches_done: Callable[[], int], **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.batches_done = batches_done
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.sampler.in_progress, "batches_done": int(self.batches_done()),
-                "batch_size": self.batch_size, "world": self.sampler.world}
-
-    def load_state_dict(self, state: dict) -> None:
-        # resumed on another number of devices: the epoch's examples seen are skipped by count (the order differs)
-        skip = state["batches_done"] * state["batch_size"] * state["world"] // self.sampler.world
-        if skip // self.batch_size >= len(self):  # the epoch was complete: the next one starts afresh
-            self.sampler.resume(state["epoch"] + 1, 0)
-        else:
-            self.sampler.resume(state["epoch"], skip)
-
-
-class Shard(Sampler[int]):
-    """Examples rank, rank + world, ... of a split, in order: every example on exactly one rank, none repeated
-    (a DistributedSampler pads with duplicates, which would count them twice in K)."""
-
-    def __init__(self, n: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.rank, self.world = n, rank, world
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world))
 
 
 class DataModule(L.LightningDataModule):
@@ -213,9 +132,9 @@ class DataModule(L.LightningDataModule):
         per_device = max(1, (batch_size or self.eval_batch_size) // world)
         data = self.device_splits.get(split, self.splits[split]) if shuffle else self.splits[split]
         n = len(data)
-        sampler = EpochShuffle(n, self.seed, rank, world) if shuffle else Shard(n, rank, world)
-        settings = dict(batch_size=per_device, collate_fn=as_batch, sampler=sampler,
-                        drop_last=shuffle and len(sampler) >= per_device,
+        batches = (EpochBatches(n, per_device, self.seed, rank, world) if shuffle
+                   else ShardBatches(n, per_device, rank, world))
+        settings = dict(batch_sampler=batches, collate_fn=as_batch,
                         # its own generator for worker seeds: iterating never draws from torch's global RNG
                         generator=torch.Generator().manual_seed(self.seed),
                         num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
