@@ -106,6 +106,11 @@ class BinomialDiffusion(Diffusion):
     def log_prior(self, x):
         return x * math.log(self.p) + (1 - x) * math.log1p(-self.p)
 
+    def log_prob(self, p, x):
+        """log B(x; c) = x log c + (1 - x) log(1 - c) per bit, exact at c in {0, 1} (0 log 0 = 0)."""
+        (c,) = p
+        return torch.xlogy(x, c) + torch.xlogy(1 - x, 1 - c)
+
     def draw(self, p, generator=None):
         return torch.bernoulli(p[0], generator=generator)
 

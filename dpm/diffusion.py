@@ -170,6 +170,11 @@ class Diffusion(nn.Module):
         """log pi(x) per dimension, [N, *D]."""
         raise NotImplementedError
 
+    def log_prob(self, p: Params, x: torch.Tensor) -> torch.Tensor:
+        """log of the density (Gaussian) or mass (binomial) of the distribution p at x, per dimension: [N, *D]
+        (p's tensors broadcastable to x)."""
+        raise NotImplementedError
+
     def draw(self, p: Params, generator: torch.Generator | None = None) -> torch.Tensor:
         """One sample from the distribution p."""
         raise NotImplementedError
@@ -219,6 +224,19 @@ class Diffusion(nn.Module):
             return sum_dims(self.log_prior(x0.float()))
 
     # ---- sampling -----------------------------------------------------------------------------------
+    def reverse_kernel(self, net: Net, xt: torch.Tensor, t: torch.Tensor, chunk: int | None = None) -> Params:
+        """p(x_{t-1} | x_t) for every row of xt [N, *D] at paper times t [N] (one t for the whole batch): the
+        network's kernel for t >= 2, the fixed forward kernel p(x_0 | x_1) at t = 1 (App. B.2). The network sees
+        at most `chunk` rows per call (None: all of them), so many particles fit in memory."""
+        if int(t[0]) == 1:
+            return self.forward_kernel(xt, t)
+        if chunk is None or chunk >= len(xt):
+            out = net(xt, t)
+        else:
+            out = torch.cat([net(x, s) for x, s in zip(xt.split(chunk), t.split(chunk))])
+        with torch.autocast(device_type=xt.device.type, enabled=False):
+            return self.p_params(out.float(), xt, t)
+
     @torch.no_grad()
     def sample(self, net: Net, shape: tuple[int, ...], generator: torch.Generator | None = None,
                device: torch.device | str = "cpu", keep: tuple[int, ...] = (),
@@ -238,12 +256,7 @@ class Diffusion(nn.Module):
         kept = {self.T: x} if self.T in keep else {}
         for step in range(self.T, 0, -1):
             t = torch.full((shape[0],), step, device=x.device, dtype=torch.long)
-            if step >= 2:
-                out = net(x, t)
-                with torch.autocast(device_type=x.device.type, enabled=False):
-                    p = self.p_params(out.float(), x, t)
-            else:
-                p = self.forward_kernel(x, t)
+            p = self.reverse_kernel(net, x, t)
             if perturb is not None:
                 p = perturb(p, x, t)
             x = self.draw(p, generator)

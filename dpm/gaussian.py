@@ -109,6 +109,11 @@ class GaussianDiffusion(Diffusion):
     def log_prior(self, x):
         return -0.5 * (LOG_2PI + x**2)
 
+    def log_prob(self, p, x):
+        """log N(x; mean, e^logvar) = -(log 2 pi + logvar + (x - mean)^2 e^-logvar) / 2 per dimension."""
+        mean, logvar = p
+        return -0.5 * (LOG_2PI + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
     def draw(self, p, generator=None):
         mean, logvar = p
         eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)

@@ -1,4 +1,5 @@
-"""Small networks for tests: a fixed-output net, and a random MLP whose readout is not zero."""
+"""Small networks for tests: a fixed-output net, a random MLP whose readout is not zero, and the exact per-bit reverse
+kernel of the heartbeat."""
 
 import torch
 from torch import nn
@@ -26,6 +27,25 @@ def random_mlp(D: int, n_outputs: int, T: int, seed: int = 0, scale: float = 0.3
         net.readout.bias.normal_(0, scale)
     return net.eval()
 
+
+class ExactHeartbeatKernel(nn.Module):
+    """The network output that makes the binomial reverse kernel the exact per-bit marginal of the true reversal of
+    heartbeat data: p(x_{t-1,i} = 1 | x_t) = sum_k P(k | x_t) q(x_{t-1,i} = 1 | x_t, x0 = pattern k), with
+    P(k | x_t) ∝ q(x_t | pattern k). [N, 1, length]."""
+
+    def __init__(self, diffusion, patterns):
+        super().__init__()
+        self.d, self.patterns = diffusion, patterns
+
+    def forward(self, xt, t):
+        n_k, length = self.patterns.shape
+        x0 = self.patterns[None].expand(len(xt), -1, -1).reshape(-1, length)
+        m = self.d.marginal(x0, t.repeat_interleave(n_k))[0].reshape(-1, n_k, length)
+        weights = torch.softmax((torch.xlogy(xt[:, None], m) + torch.xlogy(1 - xt[:, None], 1 - m)).sum(2), 1)
+        post = self.d.q_posterior(x0, xt.repeat_interleave(n_k, 0), t.repeat_interleave(n_k))[0]
+        prob = (weights[..., None] * post.reshape(-1, n_k, length)).sum(1).clamp(1e-6, 1 - 1e-6)
+        fwd = self.d.forward_kernel(xt, t)[0].clamp(1e-6, 1 - 1e-6)
+        return (torch.logit(prob) - torch.logit(fwd))[:, None]
 
 
 def hydra_config(*overrides):

@@ -207,3 +207,15 @@ def test_non_binary_data_fails_clearly(compose_cfg):
                        "dataset.n_val=10", "dataset.n_test=10", "out_dir=/nonexistent"])
     with pytest.raises(ValueError, match="binary data"):
         build(cfg)
+
+
+def test_log_prob_is_the_bernoulli_log_mass():
+    """x log c + (1 - x) log(1 - c) per bit against torch.distributions.Bernoulli, and exact where c is 0 or 1."""
+    from torch.distributions import Bernoulli
+
+    g = torch.Generator().manual_seed(0)
+    c = torch.rand(6, 4, dtype=torch.float64, generator=g).clamp(1e-3, 1 - 1e-3)
+    x = torch.randint(0, 2, (6, 4), generator=g).double()
+    torch.testing.assert_close(diffusion().log_prob((c,), x), Bernoulli(probs=c).log_prob(x), rtol=1e-12, atol=1e-12)
+    edge = diffusion().log_prob((torch.tensor([0.0, 1.0, 0.0, 1.0]),), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    assert edge.tolist() == [0.0, 0.0, -math.inf, -math.inf]

@@ -145,3 +145,15 @@ def test_sampler_applies_the_final_fixed_step():
 def test_bad_reverse_form_names_the_choices():
     with pytest.raises(ValueError, match="reverse_form.*valid choices"):
         GaussianDiffusion(Schedule("sd2015", T=10), reverse_form="other")
+
+
+def test_log_prob_is_the_normal_log_density():
+    """log N(x; mean, e^logvar) per dimension against torch.distributions.Normal, shapes broadcast as params do."""
+    g = torch.Generator().manual_seed(0)
+    mean = torch.randn(5, 3, dtype=torch.float64, generator=g)
+    logvar = torch.randn(5, 3, dtype=torch.float64, generator=g)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=g) * 3
+    expected = Normal(mean, torch.exp(0.5 * logvar)).log_prob(x)
+    torch.testing.assert_close(diffusion().log_prob((mean, logvar), x), expected, rtol=1e-12, atol=1e-12)
+    one_var = Normal(mean, torch.exp(0.5 * logvar[:1])).log_prob(x)  # a variance shared by the batch
+    torch.testing.assert_close(diffusion().log_prob((mean, logvar[:1]), x), one_var, rtol=1e-12, atol=1e-12)

@@ -11,7 +11,7 @@ from dpm.gaussian import GaussianDiffusion
 from dpm.posterior import (BernoulliR, DeltaR, GaussianR, SmoothR, bernoulli_product, clamp, first_order_shift,
                            gaussian_product, perturbation, r_exponent)
 from dpm.schedules import Schedule
-from tests.helpers import ConstantNet, random_mlp
+from tests.helpers import ConstantNet, ExactHeartbeatKernel, random_mlp
 
 GRID = torch.linspace(-12, 12, 200001, dtype=torch.float64)
 
@@ -230,26 +230,6 @@ def test_denoising_sampler_matches_the_exact_moments_of_its_chain(over_t):
         assert mean == pytest.approx(y / (1 + var_r / 2), abs=0.002)
 
 
-class ExactHeartbeatKernel(torch.nn.Module):
-    """The network output that makes the binomial reverse kernel the exact per-bit marginal of the true reversal of
-    heartbeat data: p(x_{t-1,i} = 1 | x_t) = sum_k P(k | x_t) q(x_{t-1,i} = 1 | x_t, x0 = pattern k), with
-    P(k | x_t) ∝ q(x_t | pattern k). [N, 1, length]."""
-
-    def __init__(self, diffusion, patterns):
-        super().__init__()
-        self.d, self.patterns = diffusion, patterns
-
-    def forward(self, xt, t):
-        n_k, length = self.patterns.shape
-        x0 = self.patterns[None].expand(len(xt), -1, -1).reshape(-1, length)
-        m = self.d.marginal(x0, t.repeat_interleave(n_k))[0].reshape(-1, n_k, length)
-        weights = torch.softmax((torch.xlogy(xt[:, None], m) + torch.xlogy(1 - xt[:, None], 1 - m)).sum(2), 1)
-        post = self.d.q_posterior(x0, xt.repeat_interleave(n_k, 0), t.repeat_interleave(n_k))[0]
-        prob = (weights[..., None] * post.reshape(-1, n_k, length)).sum(1).clamp(1e-6, 1 - 1e-6)
-        fwd = self.d.forward_kernel(xt, t)[0].clamp(1e-6, 1 - 1e-6)
-        return (torch.logit(prob) - torch.logit(fwd))[:, None]
-
-
 @pytest.mark.slow
 def test_heartbeat_completion_with_the_exact_kernel():
     """Records what the paper's clamp (a delta r on the first 5 bins at every t, Eq. 23) achieves with a perfect
@@ -257,7 +237,7 @@ def test_heartbeat_completion_with_the_exact_kernel():
     conditional kernel would multiply by r_{t-1} = p(given bins | x_{t-1}), which at large t is nearly flat in
     the given bins and couples them to the others; a delta in their place leaves the other 15 bins to commit to a
     phase of their own. The replacement from the forward marginal does worse. Unconditional samples are nearly
-    all patterns."""
+    all patterns. (SMC with the same kernel: tests/test_smc.py.)"""
     from dpm.data.heartbeat import heartbeat_patterns, pattern_index
 
     T, N = 2000, 300

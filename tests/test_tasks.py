@@ -111,13 +111,51 @@ def test_denoise(digits, tmp_path):
                                                          rel=1e-5)
 
 
-def test_complete_keeps_the_given_bins(heartbeat, tmp_path):
-    result = run_task("complete", heartbeat, tmp_path, "complete.k=5", "complete.n=40")
+@pytest.mark.parametrize("particles", [1, 4])
+def test_complete_keeps_the_given_bins(heartbeat, tmp_path, particles):
+    result = run_task("complete", heartbeat, tmp_path, "complete.k=5", "complete.n=40",
+                      f"complete.particles={particles}")
     assert written(tmp_path, "complete") and result["known_bins_exact"] is True
     arrays = np.load(tmp_path / "complete.npz")
     assert np.array_equal(arrays["result"][:, :5], arrays["x0"][:, :5])
     assert result["patterns_consistent_per_example"] == 1.0  # 5 bins fix the phase
     assert 0.0 <= result["fraction_consistent"] <= 1.0
+    assert result["particles"] == particles
+    if particles == 1:
+        assert result["sampler"] == "single chain" and result["r_over_t"] == "constant"
+        return
+    assert result["sampler"] == "smc" and result["r_over_t"] is None
+    assert arrays["particles"].shape == (40, particles, 20) and (arrays["particles"][:, :, :5] == arrays["x0"][
+        :, None, :5]).all()
+    assert arrays["ess"].shape == (T,) and result["mean_ess"] == pytest.approx(arrays["ess"].mean())
+    assert result["resamplings"] == arrays["resampled"].sum() and 1 <= result["final_ess"] <= particles
+    # the completion is one of each sequence's particles
+    assert (arrays["particles"] == arrays["result"][:, None]).all(2).any(1).all()
+
+
+def test_complete_by_smc_is_seeded(heartbeat, tmp_path):
+    first = run_task("complete", heartbeat, tmp_path / "a", "complete.n=20", "complete.particles=3", "seed=5")
+    again = run_task("complete", heartbeat, tmp_path / "b", "complete.n=20", "complete.particles=3", "seed=5")
+    assert first == again
+    assert np.array_equal(np.load(tmp_path / "a" / "complete.npz")["particles"],
+                          np.load(tmp_path / "b" / "complete.npz")["particles"])
+
+
+def test_smc_progress_shows_the_ess_and_the_resamplings(heartbeat, tmp_path, capsys):
+    run_task("complete", heartbeat, tmp_path, "complete.n=10", "complete.particles=3", "progress=true")
+    out = capsys.readouterr().out
+    assert "complete (SMC): 100%" in out and "ESS=" in out and "resampled=" in out
+    assert "SMC (SMCDiff, Trippe et al. 2022; not in the paper): 3 particles per example, resampled" in out
+
+
+def test_inpaint_by_smc_keeps_known_pixels_exactly(digits, tmp_path):
+    result = run_task("inpaint", digits, tmp_path, "inpaint.n=3", "inpaint.particles=4")
+    assert written(tmp_path, "inpaint") and result["known_pixels_exact"] is True
+    assert result["sampler"] == "smc" and result["particles"] == 4 and "resamplings" in result
+    arrays = np.load(tmp_path / "inpaint.npz")
+    known = ~arrays["missing"]
+    assert (arrays["particles"][:, :, known] == arrays["x0"][:, None, known]).all()
+    assert arrays["x_T"].shape == arrays["x0"].shape
 
 
 def test_consistent_completions():
@@ -168,6 +206,15 @@ BAD = [
     ("parzen", "heartbeat", [], "task=parzen needs image data"),
     ("parzen", "digits", ["parzen.sigma_logspace=[-1,0]"], r"parzen.sigma_logspace=\[-1, 0\] is invalid"),
     ("inpaint", "digits", ["r_over_t=sometimes"], r"r_over_t='sometimes' is unknown; valid choices"),
+    ("inpaint", "digits", ["inpaint.particles=0"], "inpaint.particles=0 is invalid: must be a positive integer"),
+    ("inpaint", "digits", ["inpaint.particles=4", "r_over_t=diffused"],
+     "r_over_t=diffused does not combine with inpaint.particles=4: SMC"),
+    ("complete", "heartbeat", ["complete.particles=0", "complete.n=20"],
+     "complete.particles=0 is invalid: must be a positive integer"),
+    ("complete", "heartbeat", ["complete.particles=2.5", "complete.n=20"], "complete.particles=2.5 is invalid"),
+    ("complete", "heartbeat", ["r_over_t=tempered", "complete.n=20"],  # particles: 32 by default
+     "r_over_t=tempered does not combine with complete.particles=32"),
+    ("complete", "heartbeat", ["complete.particles=4", "batch_size=0", "complete.n=20"], "batch_size=0 is invalid"),
     ("denoise", "digits", ["r_over_t=diffused"], r"r_over_t='diffused' is not for task=denoise; valid choices"),
 ]
 

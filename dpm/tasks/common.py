@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.files import write_atomic, write_json
-from dpm.posterior import R_OVER_T, Perturb
+from dpm.posterior import R_OVER_T, DeltaR, Perturb, perturbation
 from dpm.progress import Progress
+from dpm.smc import RESAMPLE_BELOW, smc_sample
 
 
 def settings(cfg: DictConfig, task: str) -> DictConfig:
@@ -45,6 +47,19 @@ def check_r_over_t(cfg: DictConfig, allowed: tuple[str, ...] = R_OVER_T) -> str:
     return over_t
 
 
+def check_particles(cfg: DictConfig, task: str, over_t: str) -> dict:
+    """{"particles": cfg.<task>.particles, "chunk": cfg.batch_size} for a delta r on known coordinates.
+    particles 1: the single chain of r_over_t; P > 1: SMC (dpm.smc, SMCDiff; not the paper's), which moves the known
+    coordinates along a forward path of q and weights the particles by them, so it takes the place of r_over_t and
+    is refused with any but its default, constant. chunk: rows (particles) per network call of SMC."""
+    particles = positive_int(f"{task}.particles", settings(cfg, task).get("particles", 1))
+    if particles > 1 and over_t != "constant":
+        raise ValueError(f"r_over_t={over_t} does not combine with {task}.particles={particles}: SMC (particles > 1) "
+                         f"sets the known coordinates itself, in place of r_over_t; leave r_over_t=constant or set "
+                         f"{task}.particles=1")
+    return {"particles": particles, "chunk": positive_int("batch_size", cfg.get("batch_size", 1000))}
+
+
 def check_kind(task: str, diffusion, kinds: tuple[str, ...]) -> None:
     if diffusion.kind not in kinds:
         raise ValueError(f"task={task} needs {' or '.join(kinds)} diffusion; this checkpoint's is {diffusion.kind}")
@@ -66,6 +81,46 @@ def sample(module, shape: tuple[int, ...], generator: torch.Generator, desc: str
         x0, _ = module.diffusion.sample(module.net, shape, generator, module.device, on_step=bar.update,
                                         perturb=perturb, x_T=x_T)
     return x0
+
+
+@dataclass
+class Filled:
+    """Samples under a delta r on known coordinates (fill_known): x0 and the start x_T of its chain (SMC: of the
+    chosen particle's ancestral line), both [N, *D]; method, a label for figure titles; record, the numbers for
+    <task>.json; lines, what to print; arrays, what to save."""
+
+    x0: torch.Tensor
+    x_T: torch.Tensor
+    method: str
+    record: dict
+    lines: list[str]
+    arrays: dict
+
+
+def fill_known(module, x_known: torch.Tensor, known: torch.Tensor, s: dict, generator: torch.Generator, desc: str,
+               enabled: bool) -> Filled:
+    """Sample the unknown coordinates given x_known [N, *D] where known (bool [N, *D]), as the checked settings s
+    say (over_t, and check_particles' particles and chunk): with particles > 1 by SMC (dpm.smc.smc_sample,
+    SMCDiff; not the paper's), its progress display showing the effective sample size and the resamplings; with 1,
+    the single perturbed chain of r_over_t (Eq. 22-23; constant: the paper's clamp)."""
+    particles, over_t = s["particles"], s["over_t"]
+    if particles == 1:
+        x_T = start_with_known(module, x_known, known, generator, over_t)
+        perturb = perturbation(module.diffusion, [DeltaR(known, x_known)], over_t)
+        x0 = sample(module, tuple(x_known.shape), generator, desc, enabled, perturb, x_T)
+        return Filled(x0, x_T, f"r over t {over_t}", {"sampler": "single chain", "r_over_t": over_t, "particles": 1},
+                      [], {})
+    with Progress(module.diffusion.T, f"{desc} (SMC)", unit="step", enabled=enabled) as bar:
+        smc = smc_sample(module.diffusion, module.net, known, x_known, particles, generator, chunk=s["chunk"],
+                         on_step=bar.update)
+    summary = smc.summary()
+    line = (f"SMC (SMCDiff, Trippe et al. 2022; not in the paper): {particles} particles per example, resampled "
+            f"{summary['resamplings']} times ({summary['resamplings_per_example']:.2f} per example) when the ESS "
+            f"fell below {RESAMPLE_BELOW:g} P; mean ESS {summary['mean_ess']:.2f}, "
+            f"at the end {summary['final_ess']:.2f}")
+    return Filled(smc.x0, smc.x_T, f"SMC, {particles} particles",
+                  {"sampler": "smc", "r_over_t": None, **summary, "resample_below": RESAMPLE_BELOW}, [line],
+                  {"particles": smc.particles, "log_w": smc.log_w, "ess": smc.ess, "resampled": smc.resampled})
 
 
 def start_with_known(module, x_known: torch.Tensor, known: torch.Tensor, generator: torch.Generator,

@@ -1,6 +1,8 @@
 """task=complete: given the first k bins of held-out sequences, sample the rest; r a delta on the known bins
-(exact for both kinds, PAPER.md 6.1). On the heartbeat, a completion is right when it is the one training
-pattern (or one of those) whose first k bins agree with the given ones."""
+(exact for both kinds, PAPER.md 6.1), as the paper's clamp (complete.particles=1, r_over_t) or by SMC over
+complete.particles > 1 particles (SMCDiff, Trippe et al. 2022, dpm.smc; not in the paper). On the heartbeat, a
+completion is right when it is the one training pattern (or one of those) whose first k bins agree with the
+given ones."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import sequence_rows
-from dpm.posterior import DeltaR, perturbation
 from dpm.tasks import common
 
 
@@ -26,7 +27,8 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
                          f"1..{length} (the sequence length)")
     n = common.positive_int("complete.n", s.get("n", 1000))
     common.held_out(dm, cfg.split, n, "complete.n")
-    return {"k": k, "n": n, "over_t": common.check_r_over_t(cfg)}
+    over_t = common.check_r_over_t(cfg)
+    return {"k": k, "n": n, "over_t": over_t, **common.check_particles(cfg, "complete", over_t)}
 
 
 def consistent(completions: torch.Tensor, given: torch.Tensor, patterns: torch.Tensor, k: int) -> torch.Tensor:
@@ -38,18 +40,17 @@ def consistent(completions: torch.Tensor, given: torch.Tensor, patterns: torch.T
 
 def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
     s = check(cfg, dm, module.diffusion)
-    diffusion, k = module.diffusion, s["k"]
+    k = s["k"]
     x0 = common.held_out(dm, cfg.split, s["n"], "complete.n").to(device)
     known = torch.zeros_like(x0, dtype=torch.bool)
     known[:, :k] = True
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    x_T = common.start_with_known(module, x0, known, g, s["over_t"])
-    perturb = perturbation(diffusion, [DeltaR(known, x0)], s["over_t"])
-    result = common.sample(module, tuple(x0.shape), g, "complete", cfg.get("progress", True), perturb, x_T)
+    filled = common.fill_known(module, x0, known, s, g, "complete", cfg.get("progress", True))
+    result = filled.x0
     exact = bool(torch.equal(result[:, :k], x0[:, :k]))
     out = {"task": "complete", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "k": k,
-           "r_over_t": s["over_t"], "known_bins_exact": exact}
-    lines = [f"complete {dm.name}: {s['n']} {cfg.split} sequences given their first {k} bins",
+           **filled.record, "known_bins_exact": exact}
+    lines = [f"complete {dm.name}: {s['n']} {cfg.split} sequences given their first {k} bins", *filled.lines,
              f"given bins kept exactly: {exact}"]
     patterns = getattr(dm, "patterns", None)
     if patterns is not None:
@@ -59,9 +60,9 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dic
         lines.append(f"completions that are a pattern consistent with the given bins: "
                      f"{100 * out['fraction_consistent']:.1f}% (patterns consistent per example: "
                      f"{out['patterns_consistent_per_example']:.2f})")
-    common.save_npz(out_dir / "complete.npz", x0=x0, known=known, result=result)
+    common.save_npz(out_dir / "complete.npz", x0=x0, known=known, result=result, **filled.arrays)
     observed = torch.where(known, x0, torch.full_like(x0, 0.5))
     sequence_rows({"original": x0[:20], f"given: first {k} bins (grey unknown)": observed[:20],
                    "completion": result[:20]}, out_dir / "complete.png",
-                  f"{dm.name}: completion given the first {k} bins, r over t {s['over_t']}")
+                  f"{dm.name}: completion given the first {k} bins, {filled.method}")
     return common.finish(out_dir, "complete", out, lines)

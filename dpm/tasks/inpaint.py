@@ -1,5 +1,7 @@
 """task=inpaint: fill a region of held-out images, r a delta on the known pixels (PAPER.md 6.2-6.3; Fig. 5 fills a
-central square of bark, the released code the left half of each image)."""
+central square of bark, the released code the left half of each image), as the paper's clamp (inpaint.particles=1,
+r_over_t) or by SMC over inpaint.particles > 1 particles (SMCDiff, Trippe et al. 2022, dpm.smc; not in the
+paper)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
-from dpm.posterior import DeltaR, perturbation
 from dpm.tasks import common
 
 MASKS = ("centre", "left", "right", "random")
@@ -71,29 +72,29 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     n = common.positive_int("inpaint.n", s.get("n", 16))
     common.held_out(dm, cfg.split, n, "inpaint.n")
     mask = make_mask(str(s.get("mask", "centre")), tuple(dm.data_shape), float(fraction), cfg.seed)
-    return {"n": n, "missing": mask, "mask": str(s.get("mask", "centre")), "over_t": common.check_r_over_t(cfg)}
+    over_t = common.check_r_over_t(cfg)
+    return {"n": n, "missing": mask, "mask": str(s.get("mask", "centre")), "over_t": over_t,
+            **common.check_particles(cfg, "inpaint", over_t)}
 
 
 def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
     s = check(cfg, dm, module.diffusion)
-    diffusion = module.diffusion
     x0 = common.held_out(dm, cfg.split, s["n"], "inpaint.n").to(device)
     known = ~s["missing"].to(device)[None].expand_as(x0)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    x_T = common.start_with_known(module, x0, known, g, s["over_t"])
-    perturb = perturbation(diffusion, [DeltaR(known, x0)], s["over_t"])
-    result = common.sample(module, tuple(x0.shape), g, "inpaint", cfg.get("progress", True), perturb, x_T)
+    filled = common.fill_known(module, x0, known, s, g, "inpaint", cfg.get("progress", True))
+    result, x_T = filled.x0, filled.x_T
     exact = bool(torch.equal(result[known], x0[known]))
     mse = (result - x0)[~known].pow(2).mean().item()
     common.save_npz(out_dir / "inpaint.npz", x0=x0, missing=s["missing"], x_T=x_T, result=result,
-                    shift=dm.shift, scale=dm.scale)
+                    shift=dm.shift, scale=dm.scale, **filled.arrays)
     image_rows({"original": dm.denormalize(x0).cpu(), "start x_T (noise in the region to fill)":
                 dm.denormalize(x_T).cpu(), "inpainted sample": dm.denormalize(result).cpu()},
-               out_dir / "inpaint.png", f"{dm.name}: inpainting, mask {s['mask']}, r over t {s['over_t']}")
+               out_dir / "inpaint.png", f"{dm.name}: inpainting, mask {s['mask']}, {filled.method}")
     out = {"task": "inpaint", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "mask": s["mask"],
-           "n_missing_per_image": int(s["missing"].sum()), "r_over_t": s["over_t"],
-           "known_pixels_exact": exact, "mse_missing": mse}
+           "n_missing_per_image": int(s["missing"].sum()), **filled.record, "known_pixels_exact": exact,
+           "mse_missing": mse}
     return common.finish(out_dir, "inpaint", out, [
         f"inpaint {dm.name}: {s['n']} {cfg.split} images, {out['n_missing_per_image']} pixels filled per image",
-        f"known pixels equal the given values exactly: {exact}",
+        *filled.lines, f"known pixels equal the given values exactly: {exact}",
         f"MSE of filled pixels to the originals (normalised units): {mse:.4f}"])
