@@ -367,6 +367,56 @@ class Bench:
                 "network_passes_per_s": done / seconds, "peak_memory_gib": self.peak_gib()}
 
 
+class _OneParameter(L.LightningModule):
+    """The smallest trainable module: what Lightning's loop costs per step when the model costs nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(3))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return (self.p * batch).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), fused=True)
+
+
+class _StepTimer(L.Callback):
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start = warmup, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.warmup:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        self.seconds = (time.perf_counter() - self.start) / (trainer.global_step - self.warmup)
+
+
+def lightning_floor(device: torch.device, steps: int, warmup: int = 50) -> dict:
+    """Lightning's own per-step cost on `device`: a one-parameter module under Trainer.fit (no logger, progress
+    bar, checkpointing or model summary) against the same loss and fused Adam in a plain loop. Seconds per step."""
+    timer = _StepTimer(warmup)
+    trainer = L.Trainer(accelerator=device.type, devices=[device.index] if device.type == "cuda" else 1,
+                        max_steps=warmup + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
+    data = torch.ones(warmup + steps, 3)
+    trainer.fit(_OneParameter(), torch.utils.data.DataLoader(data, batch_size=1))
+    module = _OneParameter().to(device)
+    optimizer, x = module.configure_optimizers(), torch.ones(3, device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = (module.p * x).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"lightning_s_per_step": timer.seconds, "plain_s_per_step": (time.perf_counter() - start) / steps,
+            "steps": steps}
+
+
 def format_report(r: dict) -> str:
     lines = [f"dpm.bench: preset {r['preset']} on {r['device']} ({r['device_type']}), torch {r['torch']}, "
              f"lightning {r['lightning']}",
@@ -394,6 +444,10 @@ def format_report(r: dict) -> str:
         lines.append(f"exact bound, {b['n']:,} images at T = {b['T']} (batch {b['batch']}, {b['precision']}, keyed "
                      f"draws): {b['seconds_for_n']:.1f} s ({how}); {b['network_passes_per_s']:,.0f} network "
                      "passes/s")
+    if r.get("floor"):
+        f = r["floor"]
+        lines.append(f"Lightning's loop alone (a one-parameter module, no logger, bar or checkpoints; {f['steps']} steps): "
+                     f"{f['lightning_s_per_step'] * 1e6:.0f} us per step, plain loop {f['plain_s_per_step'] * 1e6:.0f} us")
     peaks = [f"{k} {r[k]['peak_memory_gib']:.2f} GiB" for k in ("train", "forward", "bound")
              if r.get(k) and r[k].get("peak_memory_gib") is not None]
     lines.append("peak memory: " + (", ".join(peaks) if peaks else f"process RSS {r['max_rss_gib']:.2f} GiB"))
@@ -424,6 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bound-max-seconds", type=float, default=None,
                    help="stop the bound after this long and extrapolate to --bound-n")
     p.add_argument("--seed", type=int, default=0, help="the keyed draws' seed for the bound")
+    p.add_argument("--floor-steps", type=int, default=2000,
+                   help="steps of Lightning's loop around a one-parameter module, against a plain loop (0: skip)")
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--no-forward", action="store_true")
     p.add_argument("--no-progress-bar", action="store_true", help="(a) without the progress bar")
@@ -454,6 +510,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["forward"] = bench.forward()
         if args.bound_n > 0:
             result["bound"] = bench.bound()
+        if args.floor_steps > 0:
+            result["floor"] = lightning_floor(bench.device, args.floor_steps)
     result["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(format_report(result), flush=True)
     if args.json:

@@ -22,7 +22,7 @@ def test_swiss_roll_bench_writes_its_numbers(tmp_path, capsys):
     out = tmp_path / "bench.json"
     result = main(["--preset", "swiss_roll", "--steps", "4", "--rounds", "2", "--warmup", "1", "--batch", "32",
                    "--forward-steps", "2", "--forward-batch", "16", "--bound-n", "12", "--bound-batch", "5",
-                   "--no-progress-bar", "--json", str(out), "T=6", "dataset.n_train=200"])
+                   "--floor-steps", "20", "--no-progress-bar", "--json", str(out), "T=6", "dataset.n_train=200"])
     assert json.loads(out.read_text()) == result
     assert result["device_type"] == "cpu" and result["precision"] == "32-true" and result["T"] == 6
     check_rates(result["train"])
@@ -31,14 +31,16 @@ def test_swiss_roll_bench_writes_its_numbers(tmp_path, capsys):
     assert result["forward"]["images_per_step"] == 16 * result["val_n_t"]
     bound = result["bound"]
     assert bound["complete"] and bound["terms_done"] == 12 * 5 and bound["seconds_for_n"] > 0
+    assert result["floor"]["steps"] == 20 and result["floor"]["lightning_s_per_step"] > 0
+    assert result["floor"]["plain_s_per_step"] > 0
     printed = capsys.readouterr().out
-    assert "train images/s" in printed and "(a)/(b)" in printed and "exact bound, 12 images at T = 6" in printed
+    assert "Lightning's loop alone" in printed and "train images/s" in printed and "(a)/(b)" in printed and "exact bound, 12 images at T = 6" in printed
 
 
 def test_cifar10_preset_runs_on_random_images_and_extrapolates_the_bound():
     result = main(["--preset", "cifar10", "--steps", "2", "--rounds", "1", "--warmup", "1", "--batch", "4",
                    "--no-forward", "--bound-n", "40", "--bound-batch", "4", "--bound-max-seconds", "1e-9",
-                   "--no-progress-bar", "--no-logger", "T=5", "dataset.n_train=64", "dataset.n_val=16",
+                   "--floor-steps", "0", "--no-progress-bar", "--no-logger", "T=5", "dataset.n_train=64", "dataset.n_val=16",
                    "dataset.n_test=16", *TINY_CONV])
     check_rates(result["train"])
     assert "forward" not in result
