@@ -1,8 +1,12 @@
-"""Evaluate a checkpoint: python evaluate.py ckpt_path=PATH [task=bound|sample] [hydra.run.dir=DIR]."""
+"""Evaluate a checkpoint: python evaluate.py ckpt_path=PATH [task=...] [devices=N] [hydra.run.dir=DIR]."""
+
+import os
+import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from dpm.cli import ddp_child_argv
 from dpm.cli import main as run_command
 from dpm.run import evaluate
 from dpm.rundir import eval_dir
@@ -16,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = ddp_child_argv(sys.argv, dict(os.environ))  # a rank > 0 of a multirun job (devices=N) runs that job only
     main()

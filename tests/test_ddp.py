@@ -200,3 +200,16 @@ def test_resume_on_2_ranks_reproduces_the_uninterrupted_run(tmp_path):
     assert a["global_step"] == b["global_step"] == 8
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
+
+
+@pytest.mark.slow
+def test_evaluate_multirun_on_2_processes_leaves_one_sweep_directory(roll_ckpt, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = subprocess.run([sys.executable, "evaluate.py", "-m", f"ckpt_path={roll_ckpt}", "limit=40,50", "devices=2",
+                          "accelerator=cpu", "progress=false", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "multirun.yaml"]
+    for job, n in (("0", 40), ("1", 50)):
+        result = json.loads((sweep / job / "eval.json").read_text())
+        assert result["n_examples"] == n and result["processes"] == 2

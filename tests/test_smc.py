@@ -94,7 +94,8 @@ def test_known_coordinates_are_exact(kind, P):
     again = smc_sample(d, net, known, x_known, P, torch.Generator().manual_seed(4))
     assert torch.equal(again.x0, result.x0) and torch.equal(again.log_w, result.log_w)
     chunked = smc_sample(d, net, known, x_known, P, torch.Generator().manual_seed(4), chunk=7)
-    torch.testing.assert_close(chunked.log_w, result.log_w)
+    # the network in chunks of 7 rows: the same weights up to float32 rounding (matmuls differ with the batch)
+    torch.testing.assert_close(chunked.log_w, result.log_w, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_particles():
