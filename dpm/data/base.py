@@ -132,7 +132,7 @@ class DataModule(L.LightningDataModule):
         per_device = max(1, (batch_size or self.eval_batch_size) // world)
         data = self.device_splits.get(split, self.splits[split]) if shuffle else self.splits[split]
         n = len(data)
-        batches = (EpochBatches(n, per_device, self.seed, rank, world) if shuffle
+        batches = (EpochBatches(n, per_device, self.seed, rank, world, device=data.device) if shuffle
                    else ShardBatches(n, per_device, rank, world))
         settings = dict(batch_sampler=batches, collate_fn=as_batch,
                         # its own generator for worker seeds: iterating never draws from torch's global RNG

@@ -27,15 +27,18 @@ class EpochBatches(Sampler[torch.Tensor]):
     """Training batches of `batch` indices [batch] from this rank's share of a random order that depends only on
     (seed, epoch). With `world` processes, rank r takes every world-th example of the order from r, all shares
     equally long (the last n mod world examples of an epoch's order wait for another epoch); a last partial batch
-    is dropped unless it is the only one.
+    is dropped unless it is the only one. The order is drawn on the CPU (the same on any device) and moved to
+    `device` once per epoch, so a batch of data held on a GPU is indexed there with no copy per step.
 
     The sampler counts its epochs itself, one per pass, rather than taking Lightning's epoch number: a checkpoint
     written at the end of a fit that stopped mid-epoch (max_steps) already counts that epoch as done, so a resumed
     run would otherwise skip the rest of it. `resume(epoch, skip)` makes the next pass epoch `epoch` without its
     first `skip` examples (ResumableLoader)."""
 
-    def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, n: int, batch: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 device: torch.device | str = "cpu") -> None:
         self.n, self.batch, self.seed, self.rank, self.world = n, batch, seed, rank, world
+        self.device = torch.device(device)  # where the indices go (the data's device): one copy per epoch
         self.epoch, self.skip = 0, 0  # the next pass
         self.in_progress = 0  # the epoch of the pass under way
 
@@ -59,7 +62,7 @@ class EpochBatches(Sampler[torch.Tensor]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.in_progress)
         order = torch.randperm(self.n, generator=g)[: self.share * self.world]
         mine = order[self.rank:: self.world][: len(self) * self.batch]
-        yield from mine[skip:].split(self.batch)
+        yield from mine[skip:].to(self.device).split(self.batch)
 
 
 class ShardBatches(Sampler[torch.Tensor]):

@@ -88,8 +88,10 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dic
     mse = (result - x0)[~known].pow(2).mean().item()
     common.save_npz(out_dir / "inpaint.npz", x0=x0, missing=s["missing"], x_T=x_T, result=result,
                     shift=dm.shift, scale=dm.scale, **filled.arrays)
-    image_rows({"original": dm.denormalize(x0).cpu(), "start x_T (noise in the region to fill)":
-                dm.denormalize(x_T).cpu(), "inpainted sample": dm.denormalize(result).cpu()},
+    start = ("start x_T (noise in the region to fill)" if s["particles"] == 1 else
+             "start x_T (noise; known pixels at their forward draw y_T)")  # SMC starts from y_T, not the values
+    image_rows({"original": dm.denormalize(x0).cpu(), start: dm.denormalize(x_T).cpu(),
+                "inpainted sample": dm.denormalize(result).cpu()},
                out_dir / "inpaint.png", f"{dm.name}: inpainting, mask {s['mask']}, {filled.method}")
     out = {"task": "inpaint", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "mask": s["mask"],
            "n_missing_per_image": int(s["missing"].sum()), **filled.record, "known_pixels_exact": exact,
