@@ -317,7 +317,7 @@ def launch_processes(cfg: DictConfig):
     """A launched lightning.fabric.Fabric for evaluate.py devices=N (task=bound), or None for one process.
 
     Fabric starts the other processes by re-running this command (as the Trainer does for train.py) or joins
-    those torchrun or SLURM started; gloo on CPUs, NCCL on GPUs."""
+    those torchrun started (SLURM too, untried here); gloo on CPUs, NCCL on GPUs."""
     devices = cfg.get("devices", 1)
     if devices == 1:
         return None
