@@ -314,7 +314,8 @@ def eval_device(name: str) -> torch.device:
 
 
 def launch_processes(cfg: DictConfig):
-    """A launched lightning.fabric.Fabric for evaluate.py devices=N (task=bound), or None for one process.
+    """A lightning.fabric.Fabric (launched by the caller) for evaluate.py devices=N (task=bound), or None for one
+    process.
 
     Fabric starts the other processes by re-running this command (as the Trainer does for train.py) or joins
     those torchrun started (SLURM too, untried here); gloo on CPUs, NCCL on GPUs."""
