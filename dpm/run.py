@@ -313,7 +313,7 @@ def eval_device(name: str) -> torch.device:
     return device
 
 
-def launch_processes(cfg: DictConfig):
+def fabric_for_devices(cfg: DictConfig):
     """A lightning.fabric.Fabric (launched by the caller) for evaluate.py devices=N (task=bound), or None for one
     process.
 
@@ -346,7 +346,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     out_dir = Path(out_dir)
     check_eval_config(cfg)
     device = eval_device(cfg.device)
-    fabric = launch_processes(cfg)
+    fabric = fabric_for_devices(cfg)
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     dm, module, weights = restore(ckpt, cfg.weights)
     rank0 = global_rank_from_env() == 0
