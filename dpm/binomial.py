@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from dpm.diffusion import Diffusion, standard_uniform
+from dpm.diffusion import Diffusion, keyed_uniform
 from dpm.schedules import Schedule
 
 EPS = 1e-6  # keeps logits finite where a kernel probability is exactly 0 or 1 (beta_T = 1)
@@ -71,7 +71,7 @@ class BinomialDiffusion(Diffusion):
         prob = self.marginal(x0, t)[0]
         if keys is None:
             return torch.bernoulli(prob, generator=generator)
-        return (standard_uniform(x0, t, keys=keys) < prob).to(prob.dtype)
+        return (keyed_uniform(x0, t, keys) < prob).to(prob.dtype)
 
     def q_posterior(self, x0, xt, t):
         """q(x_{t-1} = 1 | x_t, x_0) for t in 2..T, by Bayes over the two states of x_{t-1}:

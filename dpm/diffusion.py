@@ -26,23 +26,24 @@ def sum_dims(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1)
 
 
+def _compute_dtype(like: torch.Tensor) -> torch.dtype:
+    """float64 for float64 data; float32 for any other (float32, bf16, fp16): draws and coefficients."""
+    return torch.float64 if like.dtype == torch.float64 else torch.float32
+
+
 def standard_normal(like: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
                     keys: Keys | None = None) -> torch.Tensor:
     """N(0, I) noise shaped like `like` [N, *D] for the forward draw at times t [N]: from `generator`
     (a stream), or keyed by (seed, example index, NOISE, t) when keys are given."""
     if keys is not None:
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        return keys.normal((NOISE, t), like.shape[1:], dtype).to(like.dtype)
+        return keys.normal((NOISE, t), like.shape[1:], _compute_dtype(like)).to(like.dtype)
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def standard_uniform(like: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
-                     keys: Keys | None = None) -> torch.Tensor:
-    """U(0, 1) shaped like `like` [N, *D] for the forward draw at times t [N] (see standard_normal)."""
-    if keys is not None:
-        return keys.uniform((NOISE, t), like.shape[1:], torch.float64 if like.dtype == torch.float64 else torch.float32)
-    return torch.rand(like.shape, generator=generator, device=like.device,
-                      dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+def keyed_uniform(like: torch.Tensor, t: torch.Tensor, keys: Keys) -> torch.Tensor:
+    """U(0, 1) shaped like `like` [N, *D] for the forward draw at times t [N], keyed by (seed, example index,
+    NOISE, t) (streamed uniforms need no helper: torch.bernoulli draws them itself)."""
+    return keys.uniform((NOISE, t), like.shape[1:], _compute_dtype(like))
 
 
 def check_source(generator: torch.Generator | None, keys: Keys | None, n: int) -> None:
@@ -112,8 +113,7 @@ class Diffusion(nn.Module):
     def coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Table `name` at paper times t [N], shaped [N, 1, ...] to broadcast against like [N, *D]: float64 for
         float64 data, float32 otherwise (under autocast, bf16 or fp16 too, so the bound stays in float32)."""
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        return self.tables()[dtype][name][t].view(-1, *([1] * (like.dim() - 1)))
+        return self.tables()[_compute_dtype(like)][name][t].view(-1, *([1] * (like.dim() - 1)))
 
     @contextmanager
     def one_pass(self) -> Iterator[None]:
@@ -224,11 +224,13 @@ class Diffusion(nn.Module):
             return sum_dims(self.log_prior(x0.float()))
 
     # ---- sampling -----------------------------------------------------------------------------------
-    def reverse_kernel(self, net: Net, xt: torch.Tensor, t: torch.Tensor, chunk: int | None = None) -> Params:
-        """p(x_{t-1} | x_t) for every row of xt [N, *D] at paper times t [N] (one t for the whole batch): the
-        network's kernel for t >= 2, the fixed forward kernel p(x_0 | x_1) at t = 1 (App. B.2). The network sees
-        at most `chunk` rows per call (None: all of them), so many particles fit in memory."""
-        if int(t[0]) == 1:
+    def reverse_kernel(self, net: Net, xt: torch.Tensor, step: int, chunk: int | None = None) -> Params:
+        """p(x_{t-1} | x_t) for every row of xt [N, *D] at the paper time t = step (an int, so that choosing the
+        kernel waits for no device): the network's kernel for t >= 2, the fixed forward kernel p(x_0 | x_1) at
+        t = 1 (App. B.2). The network sees at most `chunk` rows per call (None: all of them), so many particles
+        fit in memory."""
+        t = torch.full((len(xt),), step, device=xt.device, dtype=torch.long)
+        if step == 1:
             return self.forward_kernel(xt, t)
         if chunk is None or chunk >= len(xt):
             out = net(xt, t)
@@ -255,10 +257,9 @@ class Diffusion(nn.Module):
         x = self.prior_sample(shape, generator, device) if x_T is None else x_T
         kept = {self.T: x} if self.T in keep else {}
         for step in range(self.T, 0, -1):
-            t = torch.full((shape[0],), step, device=x.device, dtype=torch.long)
-            p = self.reverse_kernel(net, x, t)
+            p = self.reverse_kernel(net, x, step)
             if perturb is not None:
-                p = perturb(p, x, t)
+                p = perturb(p, x, torch.full((shape[0],), step, device=x.device, dtype=torch.long))
             x = self.draw(p, generator)
             if step - 1 in keep:
                 kept[step - 1] = x

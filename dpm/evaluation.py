@@ -59,8 +59,8 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
     start = time.perf_counter()
     rows = []  # [B, 4] per batch: index, K, L_null, truth (NaN where the density is unknown)
     show = progress and rank == 0
-    with torch.no_grad(), Progress(len(range(rank, n, world)) * terms, f"{estimator} bound", unit="term",
-                                   enabled=show) as bar:
+    mine = len(range(rank, n, world))  # this process's examples (ShardBatches)
+    with torch.no_grad(), Progress(mine * terms, f"{estimator} bound", unit="term", enabled=show) as bar:
         for x0, index in dm.loader(split, batch_size, rank=rank, world=world):
             keep = index < n
             if not keep.any():
@@ -69,7 +69,7 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
             keys = Keys(seed, index)  # each example's t, noise and dequantisation: the same in any batch
             x0 = dm.dequantize(x0, keys=keys)
             if not rows and show:
-                seconds = estimate_seconds(module, x0, estimator, n_t, len(range(rank, n, world)))
+                seconds = estimate_seconds(module, x0, estimator, n_t, mine)
                 announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}"
                          + (f", {world} processes" if world > 1 else ""), seconds)
             K, L_null = module.bound(x0, estimator, n_t, on_terms=bar.update, keys=keys)

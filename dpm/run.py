@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from filelock import FileLock
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -126,8 +127,6 @@ def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The configured callbacks, plus Lightning's progress bar redrawn every `progress_bar_every` steps (its
     default redraw at every step costs more than a small model's whole step) unless the config brings its own
     bar or turns it off (trainer.enable_progress_bar=false)."""
-    from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-
     callbacks = _children(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))

@@ -122,8 +122,7 @@ def smc_sample(diffusion: Diffusion, net: Net, known: torch.Tensor, x_known: tor
     log_w = torch.full((N, P), -math.log(P), dtype=torch.float64, device=x.device)
     ess, resampled, n_resampled = [], [], 0  # per step t = T..1: mean ESS, examples resampled
     for step in range(T, 0, -1):
-        t = torch.full((N * P,), step, device=x.device, dtype=torch.long)
-        p = diffusion.reverse_kernel(net, x.flatten(0, 1), t, chunk)  # each [N P, *D]
+        p = diffusion.reverse_kernel(net, x.flatten(0, 1), step, chunk)  # each [N P, *D]
         y_next = y(step - 1)
         log_p_y = diffusion.log_prob(p, y_next.expand(N, P, *D).flatten(0, 1)).view(N, P, *D)
         log_w = log_w + torch.where(k, log_p_y, 0).flatten(2).sum(2).double()

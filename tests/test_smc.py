@@ -116,7 +116,7 @@ def binomial_posterior(d, net, path, known_bit, p):
         x = torch.zeros(4, 3)
         x[:, unknown], x[:, known_bit] = states, path[step]
         with torch.no_grad():
-            (c,) = d.reverse_kernel(net, x, torch.full((4,), step))
+            (c,) = d.reverse_kernel(net, x, step)
         c = c.double()
         y = path[step - 1].item()
         emit = c[:, known_bit] if y == 1 else 1 - c[:, known_bit]  # [4]: p(y_{t-1} | x_t = state u)

@@ -4,7 +4,6 @@ split across devices, a normalisation fitted on the training split and kept in t
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import lightning as L

@@ -15,7 +15,7 @@ class BatchTensorDataset(TensorDataset):
 
     def __getitems__(self, indices: torch.Tensor | list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices)
-        return tuple(t.index_select(0, index if index.device == t.device else index.to(t.device)) for t in self.tensors)
+        return tuple(t.index_select(0, index.to(t.device)) for t in self.tensors)  # .to: itself on the same device
 
 
 def as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
