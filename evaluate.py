@@ -6,10 +6,10 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.cli import ddp_child_argv
-from dpm.cli import main as run_command
-from dpm.run import evaluate
-from dpm.rundir import eval_dir
+from dpm.app.cli import ddp_child_argv
+from dpm.app.cli import main as run_command
+from dpm.app.evaluate import evaluate
+from dpm.app.rundir import eval_dir
 
 OmegaConf.register_new_resolver("dpm_eval_dir", eval_dir, replace=True)
 

@@ -6,9 +6,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dpm.cli import ddp_child_argv
-from dpm.cli import main as run_command
-from dpm.run import train
+from dpm.app.cli import ddp_child_argv
+from dpm.app.cli import main as run_command
+from dpm.app.train import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -50,22 +50,14 @@ class ExactHeartbeatKernel(nn.Module):
 
 def hydra_config(*overrides):
     """train.yaml composed with its hydra node (launcher, sweep dir, callbacks), as Hydra's launchers see it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from dpm.app.compose import compose
 
-    from tests.conftest import CONF
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            return compose("train", overrides=list(overrides), return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose(list(overrides), return_hydra_config=True)
 
 
 def hydra_job_config(output_dir, sweep_dir, job_num: int = 0, overrides=(), multirun: bool = True):
     """The config a Hydra job sees inside run_job (hydra node included, runtime.output_dir set), for the Hydra
-    callbacks (dpm.sweep.SweepJobs) without launching a process."""
+    callbacks (dpm.sweeps.jobs.SweepJobs) without launching a process."""
     from omegaconf import open_dict
 
     cfg = hydra_config(f"hydra.sweep.dir={sweep_dir}", *overrides)

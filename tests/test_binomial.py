@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from dpm.binomial import BinomialDiffusion, bernoulli_entropy, bernoulli_kl
-from dpm.bound import K_per_example, mean_and_stderr
-from dpm.run import build
-from dpm.schedules import Schedule
+from dpm.core.binomial import BinomialDiffusion, bernoulli_entropy, bernoulli_kl
+from dpm.core.bound import K_per_example, mean_and_stderr
+from dpm.app.build import build
+from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dpm.bound import mean_and_stderr, strata_edges, stratified_t
+from dpm.core.bound import mean_and_stderr, strata_edges, stratified_t
 
 
 @pytest.mark.parametrize("T,n_t", [(1000, 16), (40, 8), (40, 39), (2, 1), (2000, 1), (7, 3)])

@@ -5,7 +5,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from tests.conftest import CONF
+from dpm.app.compose import config_dir
+
+CONF = config_dir()
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
@@ -32,7 +34,7 @@ def test_option_composes_and_light_nodes_instantiate(compose_cfg, group, option,
             if child is not None and "Wandb" not in child._target_:
                 instantiate(child)
     if cfg.trainer.get("accelerator") in (None, "auto", "cpu"):
-        from dpm.run import trainer_settings
+        from dpm.app.trainer import trainer_settings
 
         instantiate(cfg.trainer, logger=False, **trainer_settings(cfg))
 

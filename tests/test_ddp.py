@@ -55,9 +55,9 @@ NONFINITE_SCRIPT = textwrap.dedent('''
     import sys
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    from dpm.module import DiffusionModule
-    from dpm.run import train
-    from tests.conftest import compose
+    from dpm.model.module import DiffusionModule
+    from dpm.app.train import train
+    from dpm.app.compose import compose
 
     plain = DiffusionModule.training_step
 
@@ -102,8 +102,8 @@ def test_multirun_with_ddp_leaves_one_sweep_directory(tmp_path):
 @pytest.fixture(scope="module")
 def roll_ckpt(tmp_path_factory):
     """A Swiss roll model after a few steps (one process): its K is what the processes must agree on."""
-    from dpm.run import train
-    from tests.conftest import compose
+    from dpm.app.train import train
+    from dpm.app.compose import compose
 
     out = tmp_path_factory.mktemp("roll")
     train(compose(["trainer.max_steps=30", "trainer.val_check_interval=30", "dataset.n_train=512",
@@ -113,8 +113,8 @@ def roll_ckpt(tmp_path_factory):
 
 
 def _evaluate_in_process(ckpt: Path, out: Path, *args: str) -> dict:
-    from dpm.run import evaluate
-    from tests.conftest import compose
+    from dpm.app.evaluate import evaluate
+    from dpm.app.compose import compose
 
     return evaluate(compose([f"ckpt_path={ckpt}", "progress=false", *args], config_name="evaluate"), out)
 
@@ -154,8 +154,9 @@ def validate(ckpt: str, devices: int, batch: int) -> dict:
     import lightning as L
     from omegaconf import OmegaConf
 
-    from dpm.checkpoint import load_checkpoint, restore
-    from dpm.run import trainer_settings
+    from dpm.app.build import restore
+    from dpm.app.checkpoint import load_checkpoint
+    from dpm.app.trainer import trainer_settings
 
     dm, module, _ = restore(load_checkpoint(ckpt), "raw")
     dm.eval_batch_size = batch

@@ -48,7 +48,7 @@ def ws(tmp_path_factory):
     real = torch.load(ckpt, weights_only=True)
     for name, target in (("crafted_path", {"_target_": "pathlib.Path.write_text", "self": str(root / "pwned"),
                                            "data": "owned"}),
-                         ("crafted_dpm", {"_target_": "dpm.files.write_text", "path": str(root / "pwned"),
+                         ("crafted_dpm", {"_target_": "dpm.io.files.write_text", "path": str(root / "pwned"),
                                           "text": "owned"})):
         hostile = dict(real)
         hostile["dpm_config"] = {**real["dpm_config"], "dataset": target}
@@ -136,7 +136,7 @@ CASES = [
     ("evaluate a crafted checkpoint", "evaluate.py", lambda w: [f"ckpt_path={w / 'crafted_path.ckpt'}"], 2,
      r"is refused: dataset may only name classes under \['dpm.data.'\]"),
     ("evaluate a checkpoint naming a dpm function", "evaluate.py", lambda w: [f"ckpt_path={w / 'crafted_dpm.ckpt'}"],
-     2, r"dpm.files.write_text' .* is refused"),
+     2, r"dpm.io.files.write_text' .* is refused"),
     ("evaluate a pickle bomb", "evaluate.py", lambda w: [f"ckpt_path={w / 'pickle_bomb.ckpt'}"], 2,
      r"could not be read as a checkpoint"),
     ("evaluate limit zero", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "limit=0"], 2, r"limit=0 is invalid"),

@@ -1,13 +1,13 @@
-"""Atomic writes (dpm.files): a failed write leaves the old file as it was, no temporary file, and the original
-error; checkpoints go through the same path (dpm.checkpoint.AtomicCheckpointIO)."""
+"""Atomic writes (dpm.io.files): a failed write leaves the old file as it was, no temporary file, and the original
+error; checkpoints go through the same path (dpm.app.checkpoint.AtomicCheckpointIO)."""
 
 import errno
 
 import pytest
 import torch
 
-from dpm.checkpoint import AtomicCheckpointIO
-from dpm.files import write_atomic, write_json
+from dpm.app.checkpoint import AtomicCheckpointIO
+from dpm.io.files import write_atomic, write_json
 
 
 def disk_full_after(n_bytes: int):

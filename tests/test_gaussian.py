@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from dpm.bound import K_per_example, mean_and_stderr
-from dpm.gaussian import GaussianDiffusion, normal_kl
-from dpm.schedules import Schedule
+from dpm.core.bound import K_per_example, mean_and_stderr
+from dpm.core.gaussian import GaussianDiffusion, normal_kl
+from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet, random_mlp
 
 

@@ -1,7 +1,7 @@
 """The binary heartbeat: its data, its config, the bound against the true log-likelihood log2(1/5), samples.
 
 The bound checks use the Bayes-optimal reverse kernel of the binomial form (BayesNet) as an independent
-reference that needs no training, and a trained model (fast: a short run through dpm.run; slow: a longer one).
+reference that needs no training, and a trained model (fast: a short run through dpm.app.train; slow: a longer one).
 """
 
 import json
@@ -11,13 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from dpm.binomial import BinomialDiffusion
-from dpm.bound import LN2, K_per_example, mean_and_stderr
+from dpm.core.binomial import BinomialDiffusion
+from dpm.core.bound import LN2, K_per_example, mean_and_stderr
 from dpm.data.heartbeat import HeartbeatDataModule, heartbeat_patterns, pattern_index, true_log2_likelihood
 from dpm.nets.mlp import MLP
-from dpm.run import build, evaluate, restore, load_checkpoint, train
-from dpm.schedules import Schedule
-from tests.conftest import compose
+from dpm.app.build import build, restore
+from dpm.app.evaluate import evaluate
+from dpm.app.checkpoint import load_checkpoint
+from dpm.app.train import train
+from dpm.core.schedules import Schedule
+from dpm.app.compose import compose
 
 TRUTH = math.log2(1 / 5)  # -2.322 bits/seq
 L_NULL = 4 * math.log2(0.2) + 16 * math.log2(0.8)  # -14.439 bits/seq under B(0.2)

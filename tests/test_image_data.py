@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from dpm.app.compose import compose
 from dpm.data.bark import BarkDataModule
 from dpm.data.cifar10 import CIFAR10DataModule
 from dpm.data.dead_leaves import DeadLeavesDataModule, dead_leaves
@@ -23,7 +24,6 @@ from dpm.data.digits import DigitsDataModule
 from dpm.data.images import ImageDataModule, disjoint_subsets
 from dpm.data.mnist import MNISTDataModule
 
-CONF = "../conf"
 
 
 # ---- writers of the real formats ---------------------------------------------------------------------
@@ -384,27 +384,23 @@ def test_nll_8bit_bounds_a_gaussian_discrete_likelihood():
 @pytest.mark.parametrize("name,T", [("mnist", 1000), ("cifar10", 1000), ("dead_leaves", 1000), ("bark", 500),
                                     ("digits", 1000)])
 def test_dataset_configs_compose(name, T):
-    from hydra import compose, initialize
     from hydra.utils import instantiate
 
-    with initialize(version_base="1.3", config_path=CONF):
-        cfg = compose("train", overrides=[f"dataset={name}"])
+    cfg = compose([f"dataset={name}"])
     assert cfg.T == T and cfg.schedule.kind == "sd2015" and cfg.net._target_.endswith("ImageReverseNet")
     dm = instantiate(cfg.dataset)  # no prepare_data: nothing is read or downloaded
     assert isinstance(dm, ImageDataModule) and dm.dequantization == "bin" and dm.name == name
 
 
 def test_train_evaluate_sample_on_digits(tmp_path):
-    from hydra import compose, initialize
+    from dpm.app.evaluate import evaluate
+    from dpm.app.train import train
 
-    from dpm.run import evaluate, train
-
-    with initialize(version_base="1.3", config_path=CONF):
-        cfg = compose("train", overrides=[
+    cfg = compose([
             "dataset=digits", "T=10", "trainer.max_steps=3", "trainer.val_check_interval=3", "logger=csv",
             "trainer.enable_progress_bar=false", "net.n_hidden_dense_lower=32", "dataset.n_train=64",
             "dataset.n_val=32", "dataset.n_test=32"])
-        ecfg = compose("evaluate", overrides=[f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}"])
+    ecfg = compose([f"ckpt_path={tmp_path / 'run/checkpoints/last.ckpt'}"], "evaluate")
     train(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "samples.png").is_file()  # the image figure at the end of training
     result = evaluate(ecfg, tmp_path / "eval")
@@ -431,9 +427,9 @@ def test_tile_places_images_row_by_row():
 def test_image_figure_colour(tmp_path):
     """The figure for 3-channel data: samples of a fixed-output network beside training images."""
     from dpm.figures import draw
-    from dpm.gaussian import GaussianDiffusion
-    from dpm.module import DiffusionModule
-    from dpm.schedules import Schedule
+    from dpm.core.gaussian import GaussianDiffusion
+    from dpm.model.module import DiffusionModule
+    from dpm.core.schedules import Schedule
     from tests.helpers import ConstantNet
 
     rng = np.random.default_rng(0)

@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from sklearn.datasets import load_digits
 
-from dpm.bound import K_per_example
-from dpm.gaussian import GaussianDiffusion
+from dpm.core.bound import K_per_example
+from dpm.core.gaussian import GaussianDiffusion
 from dpm.nets.conv import ImageReverseNet, MultiScaleConvolution
-from dpm.schedules import Schedule
-from tests.conftest import compose
+from dpm.core.schedules import Schedule
+from dpm.app.compose import compose
 
 SMALL = dict(n_hidden_conv=6, n_layers_conv=2, n_hidden_dense_lower=16, n_hidden_dense_lower_output=2,
              n_layers_dense_lower=2, n_hidden_dense_upper=8, n_layers_dense_upper=2, n_temporal_basis=4)

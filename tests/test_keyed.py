@@ -1,4 +1,4 @@
-"""Keyed draws (dpm.keyed): splitmix64 on int64 tensors against a Python reference, the statistics of its uniforms
+"""Keyed draws (dpm.core.keyed): splitmix64 on int64 tensors against a Python reference, the statistics of its uniforms
 and normals, independence across keys, and K per example that does not depend on the batch it is computed in."""
 
 import math
@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from dpm.binomial import BinomialDiffusion
-from dpm.bound import K_per_example, mean_and_stderr, strata_edges, stratified_t
+from dpm.core.binomial import BinomialDiffusion
+from dpm.core.bound import K_per_example, mean_and_stderr, strata_edges, stratified_t
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule
-from dpm.gaussian import GaussianDiffusion
-from dpm.keyed import (DEQUANT, GOLDEN, MASK64, NOISE, Keys, dequantize, key_bits, keyed_normal, keyed_uniform, mix,
+from dpm.core.gaussian import GaussianDiffusion
+from dpm.core.keyed import (DEQUANT, GOLDEN, MASK64, NOISE, Keys, dequantize, key_bits, keyed_normal, keyed_uniform, mix,
                        mix_int, step_generator)
-from dpm.schedules import Schedule
+from dpm.core.schedules import Schedule
 from tests.helpers import random_mlp
 
 N = 100_000

@@ -1,6 +1,6 @@
 """Sweeps beyond one process: hydra/launcher=local (a real two-job sweep, one job failing halfway, then the report),
 hydra/launcher=slurm (the sbatch script submitit would submit, and Lightning's SLURM checks), one GPU per local job,
-and the W&B group of a sweep (dpm.sweep)."""
+and the W&B group of a sweep (dpm.sweeps.jobs)."""
 
 import json
 import os
@@ -14,9 +14,9 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dpm.report import report
-from dpm.sweep import GROUP_ENV, SweepJobs, one_gpu_per_local_job, sweep_name, visible_gpu_count
-from tests.conftest import compose
+from dpm.sweeps.report import report
+from dpm.sweeps.jobs import GROUP_ENV, SweepJobs, one_gpu_per_local_job, sweep_name, visible_gpu_count
+from dpm.app.compose import compose
 from tests.helpers import hydra_config, hydra_job_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,7 +171,7 @@ def test_wandb_sweep_jobs_share_a_group_offline(tmp_path):
     for job in ("0", "1"):
         run_files = list((sweep / job / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(run_files) == 1 and b"sweeps/wandb_group_test" in run_files[0].read_bytes()
-    out = subprocess.run([sys.executable, "-m", "dpm.report", str(sweep), "--wandb"], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "dpm.sweeps.report", str(sweep), "--wandb"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     logged = list((sweep / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -1,16 +1,19 @@
 """The learned schedule (paper 2.4.1) after real training: valid betas, kept in the checkpoint, used by evaluate.py;
-and the schedule figure (dpm.figures.schedule, dpm.callbacks.ScheduleFigure)."""
+and the schedule figure (dpm.figures.schedule, dpm.model.callbacks.ScheduleFigure)."""
 
 import json
 
 import pytest
 import torch
 
-from dpm.callbacks import ScheduleFigure
+from dpm.model.callbacks import ScheduleFigure
 from dpm.figures.schedule import schedule
-from dpm.run import evaluate, load_checkpoint, restore, train
-from dpm.schedules import Schedule
-from tests.conftest import compose
+from dpm.app.evaluate import evaluate
+from dpm.app.checkpoint import load_checkpoint
+from dpm.app.build import restore
+from dpm.app.train import train
+from dpm.core.schedules import Schedule
+from dpm.app.compose import compose
 
 # A large learning rate for a few steps, so the perturbation of beta moves far from zero.
 TINY = ["schedule.learned=true", "optimizer.lr=0.05", "trainer.max_steps=25", "trainer.val_check_interval=25",

@@ -1,4 +1,4 @@
-"""The Parzen-window estimator (dpm.parzen) against a direct float64 computation written from Goodfellow et al.'s
+"""The Parzen-window estimator (dpm.core.parzen) against a direct float64 computation written from Goodfellow et al.'s
 definition, one test image and one sigma at a time."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpm.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
+from dpm.core.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
 
 
 def direct(x: np.ndarray, samples: np.ndarray, sigma: float) -> np.ndarray:

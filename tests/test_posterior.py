@@ -1,4 +1,4 @@
-"""Perturbed reverse kernels (dpm.posterior) against independent computations (quadrature of the normalised
+"""Perturbed reverse kernels (dpm.core.posterior) against independent computations (quadrature of the normalised
 product on a grid, enumeration of the two states of a bit), and the perturbed sampler against the plain one."""
 
 import math
@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from dpm.binomial import BinomialDiffusion
-from dpm.gaussian import GaussianDiffusion
-from dpm.posterior import (BernoulliR, DeltaR, GaussianR, SmoothR, bernoulli_product, clamp, first_order_shift,
+from dpm.core.binomial import BinomialDiffusion
+from dpm.core.gaussian import GaussianDiffusion
+from dpm.core.posterior import (BernoulliR, DeltaR, GaussianR, SmoothR, bernoulli_product, clamp, first_order_shift,
                            gaussian_product, perturbation, r_exponent)
-from dpm.schedules import Schedule
+from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet, ExactHeartbeatKernel, random_mlp
 
 GRID = torch.linspace(-12, 12, 200001, dtype=torch.float64)

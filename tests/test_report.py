@@ -10,13 +10,14 @@ import shutil
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from dpm.bound import mean_and_stderr
-from dpm.report import main, report
-from dpm.runs import read_run
-from dpm.rundir import claim
-from dpm.run import evaluate, train
-from dpm.sweep import SweepJobs
-from tests.conftest import compose
+from dpm.core.bound import mean_and_stderr
+from dpm.sweeps.report import main, report
+from dpm.sweeps.runs import read_run
+from dpm.app.rundir import claim
+from dpm.app.evaluate import evaluate
+from dpm.app.train import train
+from dpm.sweeps.jobs import SweepJobs
+from dpm.app.compose import compose
 from tests.helpers import hydra_job_config
 
 TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "T=6",
@@ -27,7 +28,7 @@ GRID = [("false", 0), ("false", 1), ("true", 0), ("true", 1)]  # schedule.learne
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """Runs 0-3: a 2 x 2 sweep trained through dpm.run.train (no Hydra, so no overrides.yaml: the report finds
+    """Runs 0-3: a 2 x 2 sweep trained through dpm.app.train.train (no Hydra, so no overrides.yaml: the report finds
     the differing config values); run 0 evaluated into 0/eval. Run 4: a Hydra job that trained as run 3 did, but whose end was
     never recorded (killed, or still running)."""
     root = tmp_path_factory.mktemp("sweep")
@@ -106,7 +107,7 @@ def test_a_finished_job_record_marks_the_run_complete_and_its_time(sweep, tmp_pa
     jobs.on_job_end(cfg, ret)  # a directory this process did not claim (it may hold another run): no record
     assert not (run / ".hydra" / "job.json").exists()
     shutil.rmtree(run)
-    claim(run)  # as dpm.run.train does before it writes anything
+    claim(run)  # as dpm.app.train.train does before it writes anything
     shutil.copytree(sweep / "4", run, dirs_exist_ok=True)
     jobs.on_job_start(cfg)
     jobs.on_job_end(cfg, ret)

@@ -1,4 +1,4 @@
-"""dpm.run end to end on the Swiss roll with a tiny budget: train, checkpoint, resume, evaluate, bad input."""
+"""dpm.app.train end to end on the Swiss roll with a tiny budget: train, checkpoint, resume, evaluate, bad input."""
 
 import json
 from pathlib import Path
@@ -8,8 +8,10 @@ import torch
 from hydra.errors import MissingConfigException
 from omegaconf import open_dict
 
-from dpm.run import evaluate, load_checkpoint, train
-from tests.conftest import compose
+from dpm.app.evaluate import evaluate
+from dpm.app.checkpoint import load_checkpoint
+from dpm.app.train import train
+from dpm.app.compose import compose
 
 TINY = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
         "dataset.n_train=256", "dataset.n_val=64", "dataset.n_test=64", "dataset.batch_size=64", "T=8"]
@@ -59,6 +61,19 @@ def test_sample_task_writes_a_figure(trained, compose_cfg, tmp_path):
     assert (tmp_path / "samples.png").stat().st_size > 1000
 
 
+def test_a_checkpoint_of_the_flat_layout_still_loads(trained, compose_cfg, tmp_path):
+    """Checkpoints written before the package was split into layers name dpm.gaussian.*, dpm.schedules.*,
+    dpm.callbacks.*: they load, and give the very K of the same weights under the new names."""
+    _, out, _ = trained
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    old = json.loads(json.dumps(ckpt["dpm_config"]).replace("dpm.core.", "dpm.").replace("dpm.model.", "dpm."))
+    assert old["diffusion"]["_target_"] == "dpm.gaussian.GaussianDiffusion"
+    torch.save({**ckpt, "dpm_config": old}, tmp_path / "old.ckpt")
+    new_K = evaluate(eval_cfg(compose_cfg, out / "checkpoints" / "last.ckpt"), tmp_path / "new")["K"]
+    old_K = evaluate(eval_cfg(compose_cfg, tmp_path / "old.ckpt"), tmp_path / "old")["K"]
+    assert old_K == new_K
+
+
 def test_resume_continues_from_the_checkpoint(trained, compose_cfg, tmp_path):
     _, out, _ = trained
     cfg = compose_cfg(TINY + ["trainer.max_steps=9", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}"])
@@ -102,7 +117,7 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(compose_cfg, tmp_path):
 
 
 def test_compiled_network_checkpoints_load_into_a_plain_one(compose_cfg):
-    from dpm.run import build
+    from dpm.app.build import build
 
     cfg = compose(TINY)
     _, plain = build(cfg)

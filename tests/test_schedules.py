@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dpm.schedules import SCHEDULES, Schedule, binomial_beta, sd2015_beta
+from dpm.core.schedules import SCHEDULES, Schedule, binomial_beta, sd2015_beta
 
 
 def test_sd2015_matches_released_code_numbers():

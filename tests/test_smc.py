@@ -1,4 +1,4 @@
-"""SMC for a delta r on known coordinates (dpm.smc, SMCDiff) against independent computations: the model's exact
+"""SMC for a delta r on known coordinates (dpm.core.smc, SMCDiff) against independent computations: the model's exact
 posterior over the unknown coordinates given one path of the known ones, by enumeration of the states of two bits
 (binomial) and by a Kalman filter (a linear Gaussian network); the forward path against the closed-form marginals;
 systematic resampling against its floor / ceil counts; and, slow, heartbeat completion with the exact kernel."""
@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from dpm.binomial import BinomialDiffusion
-from dpm.gaussian import GaussianDiffusion
-from dpm.schedules import Schedule
-from dpm.smc import effective_sample_size, forward_path, smc_sample, systematic_resample
+from dpm.core.binomial import BinomialDiffusion
+from dpm.core.gaussian import GaussianDiffusion
+from dpm.core.schedules import Schedule
+from dpm.core.smc import effective_sample_size, forward_path, smc_sample, systematic_resample
 from tests.helpers import ExactHeartbeatKernel, random_mlp
 
 

@@ -4,10 +4,10 @@ and following a learned schedule's parameters through optimizer steps and checkp
 import pytest
 import torch
 
-from dpm.binomial import BinomialDiffusion
-from dpm.bound import K_per_example
-from dpm.gaussian import GaussianDiffusion
-from dpm.schedules import Schedule
+from dpm.core.binomial import BinomialDiffusion
+from dpm.core.bound import K_per_example
+from dpm.core.gaussian import GaussianDiffusion
+from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet, random_mlp
 
 

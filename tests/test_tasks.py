@@ -8,18 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-from dpm.binomial import BinomialDiffusion
+from dpm.core.binomial import BinomialDiffusion
 from dpm.data.digits import DigitsDataModule
 from dpm.data.heartbeat import HeartbeatDataModule
 from dpm.data.swiss_roll import SwissRollDataModule
-from dpm.gaussian import GaussianDiffusion
-from dpm.module import DiffusionModule
-from dpm.run import evaluate, train
-from dpm.schedules import Schedule
+from dpm.core.gaussian import GaussianDiffusion
+from dpm.model.module import DiffusionModule
+from dpm.app.evaluate import evaluate
+from dpm.app.train import train
+from dpm.core.schedules import Schedule
 from dpm.tasks import TASKS
 from dpm.tasks.complete import consistent
 from dpm.tasks.inpaint import make_mask
-from tests.conftest import compose
+from dpm.app.compose import compose
 from tests.helpers import ConstantNet, random_mlp
 
 T = 10

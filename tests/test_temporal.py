@@ -2,7 +2,7 @@
 
 import torch
 
-from dpm.temporal import TemporalReadout, bump_basis
+from dpm.core.temporal import TemporalReadout, bump_basis
 
 
 def test_basis_is_a_partition_of_unity_with_bumps_at_the_ends():

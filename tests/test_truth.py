@@ -1,4 +1,4 @@
-"""The true log-likelihood beside K (dpm.truth, DataModule.true_log_likelihood, eval.json's truth keys).
+"""The true log-likelihood beside K (dpm.core.truth, DataModule.true_log_likelihood, eval.json's truth keys).
 
 Independent checks: the quadrature against a Monte Carlo average over the roll parameter, the normalised density
 integrated over the plane, and against scikit-learn's own samples (box counts); the heartbeat by enumeration.
@@ -10,14 +10,16 @@ import math
 import pytest
 import torch
 
-from dpm.bound import LN2, mean_and_stderr
+from dpm.core.bound import LN2, mean_and_stderr
 from dpm.data.heartbeat import HeartbeatDataModule, heartbeat_patterns
 from dpm.data.swiss_roll import SwissRollDataModule
-from dpm.evaluation import bound_over_split
-from dpm.files import write_json
-from dpm.run import build, evaluate, train
-from dpm.truth import (ROLL_T, roll_curve, simpson_log_weights, swiss_roll_raw_log_density, truth_fields)
-from tests.conftest import compose
+from dpm.tasks.bound import bound_over_split
+from dpm.io.files import write_json
+from dpm.app.build import build
+from dpm.app.evaluate import evaluate
+from dpm.app.train import train
+from dpm.core.truth import (ROLL_T, roll_curve, simpson_log_weights, swiss_roll_raw_log_density, truth_fields)
+from dpm.app.compose import compose
 
 
 def monte_carlo_log_density(y: torch.Tensor, noise: float, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

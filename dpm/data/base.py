@@ -10,7 +10,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from dpm.data.loaders import BatchTensorDataset, EpochBatches, ResumableLoader, ShardBatches, as_batch
-from dpm.keyed import Keys
+from dpm.core.keyed import Keys
 
 SPLITS = ("train", "val", "test")
 
@@ -73,7 +73,7 @@ class DataModule(L.LightningDataModule):
                    generator: torch.Generator | None = None) -> torch.Tensor:
         """Noise added to each batch on the device before the bound (images: one quantisation bin): from
         `generator` (default: the device's global one), or keyed by each example's (seed, index) with keys
-        (dpm.keyed.Keys), the same in any batch."""
+        (dpm.core.keyed.Keys), the same in any batch."""
         return x0
 
     def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
@@ -124,7 +124,7 @@ class DataModule(L.LightningDataModule):
     def loader(self, split: str, batch_size: int | None = None, shuffle: bool = False, rank: int | None = None,
                world: int | None = None) -> DataLoader:
         """Batches (x0 [B, *D], index [B]) of this process's share of a split: the example indices key the
-        evaluation's random draws (dpm.keyed). The loaders shard themselves (the Trainer runs with
+        evaluation's random draws (dpm.core.keyed). The loaders shard themselves (the Trainer runs with
         use_distributed_sampler=False); batch_size is global, each of `world` processes gets batch_size // world."""
         self.setup()
         if rank is None or world is None:

@@ -13,7 +13,7 @@ import torch
 
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, check_count
-from dpm.progress import Progress
+from dpm.io.progress import Progress
 
 GENERATOR_VERSION = 1  # part of the cache key: bump when the generator's output changes
 
@@ -44,7 +44,7 @@ def dead_leaves(n: int, size: int, r_min: float, r_max: float, alpha: float, rng
     whose box meets the window), a mixture of three power laws, and their centre is uniform over
     [-r, size + r]^2. This is exact (no border effects). Windows are made `chunk` at a time (bounded memory),
     each chunk drawing one disk per still-uncovered window per round, all windows at once. on_done(k) is told
-    whenever k more windows are finished (a dpm.progress.Progress's update).
+    whenever k more windows are finished (a dpm.io.progress.Progress's update).
     """
     # r^-alpha (S + 2r)^2 = S^2 r^-alpha + 4 S r^(1-alpha) + 4 r^(2-alpha)
     exps = np.array([alpha, alpha - 1.0, alpha - 2.0])

@@ -9,7 +9,7 @@ import math
 import torch
 
 from dpm.data.base import SPLITS, DataModule
-from dpm.truth import heartbeat_log_likelihood
+from dpm.core.truth import heartbeat_log_likelihood
 
 
 def heartbeat_patterns(length: int = 20, period: int = 5) -> torch.Tensor:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from dpm.data.base import DataModule
-from dpm.keyed import Keys
-from dpm.keyed import dequantize as keyed_dequantize
+from dpm.core.keyed import Keys
+from dpm.core.keyed import dequantize as keyed_dequantize
 
 DEQUANTIZATIONS = ("bin", "released", "none")
 
@@ -117,7 +117,7 @@ class ImageDataModule(DataModule):
     def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
         """x0 + u, u ~ U(-w/2, w/2) per element (PAPER.md 5.6), [N, C, H, W]: from `generator` (default: the global
-        torch RNG of x0's device), or keyed by each example's (seed, index) with keys (dpm.keyed.dequantize)."""
+        torch RNG of x0's device), or keyed by each example's (seed, index) with keys (dpm.core.keyed.dequantize)."""
         w = self.dequantization_width
         if w == 0.0:
             return x0

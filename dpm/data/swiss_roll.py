@@ -6,7 +6,7 @@ import torch
 from sklearn.datasets import make_swiss_roll
 
 from dpm.data.base import SPLITS, DataModule
-from dpm.truth import swiss_roll_log_likelihood
+from dpm.core.truth import swiss_roll_log_likelihood
 
 
 class SwissRollDataModule(DataModule):
@@ -36,7 +36,7 @@ class SwissRollDataModule(DataModule):
         return shift, (train - shift).pow(2).mean().sqrt().item()
 
     def true_log_likelihood(self, x0: torch.Tensor) -> torch.Tensor | None:
-        """With noise > 0: the roll's density by quadrature over its parameter (dpm.truth), with the normalisation's
+        """With noise > 0: the roll's density by quadrature over its parameter (dpm.core.truth), with the normalisation's
         Jacobian, nats [N]. The noise-free roll lies on a curve and has no density: None."""
         if self.noise == 0:
             return None

@@ -21,7 +21,7 @@ FIGURES: dict[str, Callable[..., Path]] = {
 
 def draw(module, dm, path: Path, seed: int = 0, on_step=None) -> Path:
     """Write the figure for dm's kind of data to path (PNG), with the module in eval mode; on_step(1) after each
-    reverse step of its sampling (a dpm.progress.Progress's update)."""
+    reverse step of its sampling (a dpm.io.progress.Progress's update)."""
     if dm.figure_kind not in FIGURES:
         raise ValueError(f"no figure for data of kind {dm.figure_kind!r}; known: {sorted(FIGURES)}")
     was_training = module.training

@@ -1,4 +1,4 @@
-"""Writing a matplotlib figure to a PNG (headless: the Agg backend), atomically (dpm.files)."""
+"""Writing a matplotlib figure to a PNG (headless: the Agg backend), atomically (dpm.io.files)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib
 
-from dpm.files import write_atomic
+from dpm.io.files import write_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpm.nets.activations import make_activation
-from dpm.temporal import TemporalReadout
+from dpm.core.temporal import TemporalReadout
 
 
 def check_divisible(H: int, W: int, n_scales: int) -> None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dpm.nets.activations import make_activation
-from dpm.temporal import TemporalReadout
+from dpm.core.temporal import TemporalReadout
 
 READOUTS = ("bump", "per_t")
 

@@ -1,5 +1,5 @@
 """What the evaluate tasks share: reading and checking their settings, held-out examples, seeded sampling with a
-progress display, and writing their numbers and arrays (atomically, dpm.files)."""
+progress display, and writing their numbers and arrays (atomically, dpm.io.files)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from dpm.files import write_atomic, write_json
-from dpm.posterior import R_OVER_T, DeltaR, Perturb, perturbation
-from dpm.progress import Progress
-from dpm.smc import RESAMPLE_BELOW, smc_sample
+from dpm.io.files import write_atomic, write_json
+from dpm.core.posterior import R_OVER_T, DeltaR, Perturb, perturbation
+from dpm.io.progress import Progress
+from dpm.core.smc import RESAMPLE_BELOW, smc_sample
 
 
 def settings(cfg: DictConfig, task: str) -> DictConfig:
@@ -49,7 +49,7 @@ def check_r_over_t(cfg: DictConfig, allowed: tuple[str, ...] = R_OVER_T) -> str:
 
 def check_particles(cfg: DictConfig, task: str, over_t: str) -> dict:
     """{"particles": cfg.<task>.particles, "chunk": cfg.batch_size} for a delta r on known coordinates.
-    particles 1: the single chain of r_over_t; P > 1: SMC (dpm.smc, SMCDiff; not the paper's), which moves the known
+    particles 1: the single chain of r_over_t; P > 1: SMC (dpm.core.smc, SMCDiff; not the paper's), which moves the known
     coordinates along a forward path of q and weights the particles by them, so it takes the place of r_over_t and
     is refused with any but its default, constant. chunk: rows (particles) per network call of SMC."""
     particles = positive_int(f"{task}.particles", settings(cfg, task).get("particles", 1))
@@ -100,7 +100,7 @@ class Filled:
 def fill_known(module, x_known: torch.Tensor, known: torch.Tensor, s: dict, generator: torch.Generator, desc: str,
                enabled: bool) -> Filled:
     """Sample the unknown coordinates given x_known [N, *D] where known (bool [N, *D]), as the checked settings s
-    say (over_t, and check_particles' particles and chunk): with particles > 1 by SMC (dpm.smc.smc_sample,
+    say (over_t, and check_particles' particles and chunk): with particles > 1 by SMC (dpm.core.smc.smc_sample,
     SMCDiff; not the paper's), its progress display showing the effective sample size and the resamplings; with 1,
     the single perturbed chain of r_over_t (Eq. 22-23; constant: the paper's clamp)."""
     particles, over_t = s["particles"], s["over_t"]

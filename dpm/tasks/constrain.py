@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import half_plane_points
-from dpm.posterior import SmoothR, perturbation
+from dpm.core.posterior import SmoothR, perturbation
 from dpm.tasks import common
 
 

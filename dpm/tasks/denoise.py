@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
-from dpm.posterior import GaussianR, perturbation
+from dpm.core.posterior import GaussianR, perturbation
 from dpm.tasks import common
 
 STARTS = ("observed", "prior")

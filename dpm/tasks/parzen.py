@@ -1,4 +1,4 @@
-"""task=parzen: the Parzen-window log-likelihood of the paper's Table 2 (dpm.parzen), for the model's samples and
+"""task=parzen: the Parzen-window log-likelihood of the paper's Table 2 (dpm.core.parzen), for the model's samples and
 for the "perfect model" (training images in place of samples), printed beside the paper's MNIST rows."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.parzen import parzen_figure
-from dpm.paper import TABLE2_MNIST_BITS
-from dpm.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
-from dpm.progress import Progress
+from dpm.core.paper import TABLE2_MNIST_BITS
+from dpm.core.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
+from dpm.io.progress import Progress
 from dpm.tasks import common
 
 LN2 = math.log(2.0)

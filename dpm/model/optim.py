@@ -1,4 +1,5 @@
-"""Learning-rate schedules that configs name (the optimizers themselves are torch.optim classes)."""
+"""Learning-rate schedules that configs name (the optimizers themselves are torch.optim classes), and the
+command's optimizer settings written into a resumed checkpoint's saved state."""
 
 from __future__ import annotations
 
@@ -35,3 +36,27 @@ def _cosine(step: int, total: int, floor: float, warmup: int) -> float:
         return (step + 1) / warmup
     frac = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def patch_optimizer_state(checkpoint: dict, optimizer_cfg: dict) -> None:
+    """Write the command's optimizer hyperparameters into the checkpoint's saved optimizer and scheduler state.
+
+    lr is kept at the same point of its schedule: the group's lr is scaled by new / old base lr, and the
+    schedulers' base_lrs (LambdaLR multiplies them by its factor) become the new lr.
+    """
+    hyper = {k: v for k, v in optimizer_cfg.items() if not k.startswith("_")}
+    for opt_state in checkpoint.get("optimizer_states", []):
+        for group in opt_state.get("param_groups", []):
+            old_base = group.get("initial_lr", group.get("lr"))
+            for key, value in hyper.items():
+                if key == "lr":
+                    ratio = group["lr"] / old_base if old_base else 1.0
+                    group["lr"] = value * ratio
+                    if "initial_lr" in group:
+                        group["initial_lr"] = value
+                elif key in group:
+                    group[key] = tuple(value) if isinstance(group[key], tuple) else value
+    if "lr" in hyper:
+        for sched in checkpoint.get("lr_schedulers", []):
+            if "base_lrs" in sched:
+                sched["base_lrs"] = [hyper["lr"] for _ in sched["base_lrs"]]

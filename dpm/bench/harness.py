@@ -6,7 +6,7 @@ On the device it finds (or --device), for one preset built from the project's ow
       callbacks config (validation and the end-of-training figure left out), with the chosen precision and
       compile settings; forward passes through trainer.validate (the module's validation_step);
   (b) a minimal plain-PyTorch loop of the same network and the same loss, -(K - L_null) with one t per example
-      (dpm.bound.K_per_example, the data already on the device, t and noise drawn there), and for forward passes
+      (dpm.core.bound.K_per_example, the data already on the device, t and noise drawn there), and for forward passes
       the same estimator as validation (val_n_t stratified draws of t) under inference_mode.
 
 The two alternate within one process: the plain side's segments run inside the Trainer's loop (a callback
@@ -40,17 +40,16 @@ from typing import Callable
 import lightning as L
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, open_dict
 
-from dpm.bound import LN2, K_per_example
-from dpm.keyed import Keys
-from dpm.run import build, make_callbacks
+from dpm.core.bound import LN2, K_per_example
+from dpm.core.keyed import Keys
+from dpm.app.build import build
+from dpm.app.compose import compose
+from dpm.app.trainer import make_callbacks
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = {  # the project's own configs
     "swiss_roll": ["dataset=swiss_roll"],
     "heartbeat": ["dataset=heartbeat"],
@@ -65,12 +64,7 @@ def preset_config(preset: str, overrides: list[str] = (), out_dir: str = ".") ->
     """The composed train config of a preset (cifar10 with RandomImages in place of its files)."""
     if preset not in PRESETS:
         raise ValueError(f"--preset {preset!r} is unknown; valid choices: {sorted(PRESETS)}")
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-            cfg = compose(config_name="train", overrides=[*PRESETS[preset], *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose([*PRESETS[preset], *overrides])
     with open_dict(cfg):
         cfg.out_dir = out_dir
         cfg.compile = False  # the bench compiles both sides itself, the same way

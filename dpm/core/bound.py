@@ -5,7 +5,7 @@ K_i = bound_const(x0_i) - sum_{t=2..T} KL_t(x0_i), in nats. The sum over t is ei
 stratum this is the training estimator (T - 1) KL_t for t ~ U{2..T}, drawn per example).
 
 Every random draw (t, the noise of x_t) comes from a torch.Generator (a stream: training), or from keys
-(dpm.keyed.Keys(seed, example index): evaluation), with which each example's K is a function of the example,
+(dpm.core.keyed.Keys(seed, example index): evaluation), with which each example's K is a function of the example,
 its index and the seed only, whatever the batch it is evaluated in.
 """
 
@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from dpm.diffusion import Diffusion, Net, check_source
-from dpm.keyed import T_DRAW, Keys
+from dpm.core.diffusion import Diffusion, Net, check_source
+from dpm.core.keyed import T_DRAW, Keys
 
 ESTIMATORS = ("exact", "mc")
 LN2 = math.log(2.0)

@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from dpm.bound import LN2, K_per_example
-from dpm.diffusion import Diffusion
-from dpm.keyed import Keys, step_generator
-from dpm.resume import patch_optimizer_state
+from dpm.core.bound import LN2, K_per_example
+from dpm.core.diffusion import Diffusion
+from dpm.core.keyed import Keys, step_generator
+from dpm.model.optim import patch_optimizer_state
 
 
 _PLAIN_VALUES = (str, int, float, bool, type(None))
@@ -31,7 +31,7 @@ class DiffusionModule(L.LightningModule):
     val_n_t: stratified draws of t per validation example (the `mc` estimator); val_seed: validation's draws are
     keyed by (val_seed, example index), the same at every validation, for any batch size or number of devices.
     Training draws t, noise and dequantisation from a generator seeded by (seed, rank, global step)
-    (dpm.keyed.step_generator): a resumed run repeats an uninterrupted one's draws on every rank.
+    (dpm.core.keyed.step_generator): a resumed run repeats an uninterrupted one's draws on every rank.
     max_nonfinite: this many non-finite losses or gradients in a row stop the run; each one is skipped.
     """
 
@@ -76,7 +76,7 @@ class DiffusionModule(L.LightningModule):
               keys: Keys | None = None, generator: torch.Generator | None = None
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(K, L_null) per example in the reporting unit, [N] each, its draws from keys (per example) or
-        generator; on_terms reports progress (dpm.bound.kl_sum)."""
+        generator; on_terms reports progress (dpm.core.bound.kl_sum)."""
         K = K_per_example(self.diffusion, self.net, x0, estimator, n_t, generator=generator, on_terms=on_terms,
                           keys=keys)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
@@ -161,7 +161,7 @@ class DiffusionModule(L.LightningModule):
         checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
         if self._trainer is None:  # a plain load (evaluate.py), not a resumed fit
             return
-        # The command's optimizer settings win over the saved ones (dpm.resume): Lightning restores the
+        # The command's optimizer settings win over the saved ones (dpm.app.resume): Lightning restores the
         # optimizer and scheduler states from this dict after this hook.
         patch_optimizer_state(checkpoint, self.run_config.get("optimizer", {}))
         checkpoint["dpm_config"] = self.run_config

@@ -76,7 +76,7 @@ class LastCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
         interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
-        trainer.dpm_stopped_by_signal = interrupted  # read by dpm.run to choose the exit code
+        trainer.dpm_stopped_by_signal = interrupted  # read by dpm.app.train to choose the exit code
         if isinstance(exception, OSError):
             return  # the disk or folder failed: another write would hide the original error behind a second one
         try:

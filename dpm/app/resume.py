@@ -1,15 +1,16 @@
 """Resuming with a command's settings: what defines the model and its data must match the checkpoint, what a
 user may change mid-run (learning rate, budget, validation interval, loggers, devices) is applied for real.
 
-Lightning restores the optimizer's and scheduler's saved hyperparameters over the new ones; patch_optimizer_state
-writes the command's values into the checkpoint before that happens, so config.yaml states what actually runs.
+Lightning restores the optimizer's and scheduler's saved hyperparameters over the new ones;
+dpm.model.optim.patch_optimizer_state writes the command's values into the checkpoint before that happens, so
+config.yaml states what actually runs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dpm.checks import ConfigError
+from dpm.errors import ConfigError
 
 # Keys (or key prefixes) a resumed run may change; every other difference is refused.
 MUTABLE = ("optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "val_n_t", "compile", "tf32", "ckpt_path",
@@ -57,27 +58,3 @@ def check_resume(old: dict, new: dict, ckpt_path: str) -> list[tuple[str, Any, A
             f"from the checkpoint's: {lines}{more}. Drop those overrides to continue that run, or start a new run "
             f"without ckpt_path. (Changeable on resume: {', '.join(MUTABLE[:6])}, ...)")
     return [d for d in diffs if d[0] not in ("ckpt_path", "out_dir")]
-
-
-def patch_optimizer_state(checkpoint: dict, optimizer_cfg: dict) -> None:
-    """Write the command's optimizer hyperparameters into the checkpoint's saved optimizer and scheduler state.
-
-    lr is kept at the same point of its schedule: the group's lr is scaled by new / old base lr, and the
-    schedulers' base_lrs (LambdaLR multiplies them by its factor) become the new lr.
-    """
-    hyper = {k: v for k, v in optimizer_cfg.items() if not k.startswith("_")}
-    for opt_state in checkpoint.get("optimizer_states", []):
-        for group in opt_state.get("param_groups", []):
-            old_base = group.get("initial_lr", group.get("lr"))
-            for key, value in hyper.items():
-                if key == "lr":
-                    ratio = group["lr"] / old_base if old_base else 1.0
-                    group["lr"] = value * ratio
-                    if "initial_lr" in group:
-                        group["initial_lr"] = value
-                elif key in group:
-                    group[key] = tuple(value) if isinstance(group[key], tuple) else value
-    if "lr" in hyper:
-        for sched in checkpoint.get("lr_schedulers", []):
-            if "base_lrs" in sched:
-                sched["base_lrs"] = [hyper["lr"] for _ in sched["base_lrs"]]

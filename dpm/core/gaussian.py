@@ -11,8 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dpm.diffusion import Diffusion, Params, standard_normal
-from dpm.schedules import Schedule
+from dpm.core.diffusion import Diffusion, Params, standard_normal
+from dpm.core.schedules import Schedule
 
 LOG_2PI = math.log(2 * math.pi)
 REVERSE_FORMS = ("code", "paper")

@@ -2,7 +2,7 @@
 writing them atomically.
 
 A checkpoint is data, never code (DESIGN.md contract 10): torch.load runs with weights_only=True pinned (an
-environment variable cannot lift it), and the config inside is checked against dpm.checks.ALLOWED_TARGETS
+environment variable cannot lift it), and the config inside is checked against dpm.app.checks.ALLOWED_TARGETS
 before anything it names is instantiated.
 """
 
@@ -14,12 +14,32 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from omegaconf import OmegaConf
 
-from dpm.checks import ConfigError, check_keys, check_targets
-from dpm.files import write_atomic
+from dpm.app.checks import check_targets
+from dpm.errors import ConfigError
+from dpm.io.files import write_atomic
 
 WEIGHTS = ("auto", "raw", "ema")
+# Where classes named by checkpoints written before the package was split into layers live now.
+MOVED_TARGETS = {"dpm.schedules.": "dpm.core.schedules.", "dpm.gaussian.": "dpm.core.gaussian.",
+                 "dpm.binomial.": "dpm.core.binomial.", "dpm.callbacks.": "dpm.model.callbacks.",
+                 "dpm.optim.": "dpm.model.optim.", "dpm.sweep.": "dpm.sweeps.jobs."}
+
+
+def renamed_targets(node: Any) -> Any:
+    """A checkpoint's config with every `_target_` under an old module path (MOVED_TARGETS) given its new one,
+    so that older checkpoints still load; nothing else changes (what is allowed is checked afterwards)."""
+    if isinstance(node, dict):
+        out = {k: renamed_targets(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED_TARGETS.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    if isinstance(node, list):
+        return [renamed_targets(v) for v in node]
+    return node
 
 
 def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict:
@@ -37,41 +57,12 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict:
                           "Only files written by train.py load, and they load as data (weights_only=True).") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("dpm_config"), dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{key}={path} is not a dpm checkpoint (no dpm_config / state_dict in it)")
+    ckpt["dpm_config"] = renamed_targets(ckpt["dpm_config"])
     try:
         check_targets(ckpt["dpm_config"], source=f"the checkpoint {path}")
     except ConfigError as err:
         raise ConfigError(f"{err} Nothing from this checkpoint was built.") from None
     return ckpt
-
-
-def checkpoint_config(ckpt: dict) -> Any:
-    """The checkpoint's run config as a DictConfig, its keys checked against the constructors."""
-    cfg = OmegaConf.create(ckpt["dpm_config"])
-    check_keys(cfg)
-    return cfg
-
-
-def restore(ckpt: dict, weights: str = "auto"):
-    """Rebuild data module and model from a checkpoint (checked by load_checkpoint); returns (dm, module,
-    which weights were loaded)."""
-    from dpm.run import build
-
-    if weights not in WEIGHTS:
-        raise ConfigError(f"weights={weights!r} is unknown; valid choices: {list(WEIGHTS)}")
-    cfg = checkpoint_config(ckpt)
-    dm_state = next((v for k, v in ckpt.items() if k.endswith("DataModule")), None)
-    dm, module = build(cfg, dm_state)
-    has_ema = "current_model_state" in ckpt  # Lightning's EMAWeightAveraging keeps the raw weights there
-    if weights == "ema" and not has_ema:
-        raise ConfigError("weights=ema but the checkpoint holds no EMA weights (train with callbacks=ema)")
-    use_raw_copy = has_ema and weights == "raw"
-    state = {"state_dict": ckpt["current_model_state"] if use_raw_copy else ckpt["state_dict"]}
-    module.on_load_checkpoint(state)
-    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
-    if missing or unexpected:
-        raise ConfigError(f"the checkpoint's weights do not fit the network its config describes (missing "
-                          f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
-    return dm, module, "ema" if has_ema and not use_raw_copy else "raw"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,5 +1,5 @@
 """What every diffusion kind shares: the bound K of Eq. 14 (with its constant terms computed exactly) and
-ancestral sampling. Gaussian (dpm.gaussian) and binomial (dpm.binomial) diffusion fill in the distributions.
+ancestral sampling. Gaussian (dpm.core.gaussian) and binomial (dpm.core.binomial) diffusion fill in the distributions.
 
 Shapes: data x0, xt [N, *D] (D = (2,) for the Swiss roll, (20,) for the heartbeat, (C, H, W) for images);
 times t [N] long in paper units 1..T; network output [N, n_outputs, *D]. Every log-probability is in nats.
@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from dpm.keyed import NOISE, Keys
-from dpm.schedules import Schedule
+from dpm.core.keyed import NOISE, Keys
+from dpm.core.schedules import Schedule
 
 Net = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # net(xt [N, *D], t [N]) -> [N, n_outputs, *D]
 Params = tuple[torch.Tensor, ...]
@@ -191,7 +191,7 @@ class Diffusion(nn.Module):
 
         The term of Eq. 14 for each example's own t (t [N], 2..T). The network may run under autocast; its
         output is cast to float32 and the distributions are computed with autocast off. x_t is drawn from
-        `generator` or keyed (keys: dpm.keyed.Keys, one per example).
+        `generator` or keyed (keys: dpm.core.keyed.Keys, one per example).
         """
         check_source(generator, keys, x0.shape[0])
         with self.one_pass():
@@ -249,9 +249,9 @@ class Diffusion(nn.Module):
 
         Unlike the released sampler, the final fixed step is applied (PAPER.md 6.3). Returns x0 [N, *D] and
         the states x_t for every t in `keep` (t = T..0). on_step(1) is called after each of the T steps
-        (a dpm.progress.Progress's update).
+        (a dpm.io.progress.Progress's update).
         perturb(p, x_t, t) -> p~ replaces every step's kernel, the fixed last one included, by the perturbed
-        kernel p(x_{t-1}|x_t) r(x_{t-1}) / Z (Eq. 22; dpm.posterior). x_T [N, *D], when given, is the start
+        kernel p(x_{t-1}|x_t) r(x_{t-1}) / Z (Eq. 22; dpm.core.posterior). x_T [N, *D], when given, is the start
         state in place of a draw from pi (denoising starts from the observation y, PAPER.md 6.3).
         """
         x = self.prior_sample(shape, generator, device) if x_T is None else x_T

@@ -1,6 +1,6 @@
 """Sequential Monte Carlo for a delta r on known coordinates (inpainting, completion): SMCDiff, Trippe et al.
 (2022), "Diffusion probabilistic modeling of protein backbones in 3D for the motif-scaffolding problem".
-Not in the 2015 paper, whose method is the clamp of Eq. 23 (dpm.posterior.clamp).
+Not in the 2015 paper, whose method is the clamp of Eq. 23 (dpm.core.posterior.clamp).
 
 Why: the clamp draws x_{t-1} ~ p(x_{t-1} | x_t) with the known coordinates set to the given values at every t,
 but never asks how well a state x_t explains them, so the unknown coordinates can settle on something the known
@@ -32,7 +32,7 @@ from typing import Callable
 
 import torch
 
-from dpm.diffusion import Diffusion, Net
+from dpm.core.diffusion import Diffusion, Net
 
 RESAMPLE_BELOW = 0.5  # resample when ESS < P / 2: the usual adaptive rule (e.g. Doucet & Johansen 2009's tutorial)
 
@@ -102,7 +102,7 @@ def smc_sample(diffusion: Diffusion, net: Net, known: torch.Tensor, x_known: tor
     forward path). resample_below: resample an example when its ESS < resample_below x P (0: never).
     path [T + 1, K]: the known coordinates' forward path (K = known.sum(), in the order of x_known[known]); None:
     drawn here by forward_path. chunk: rows per network call (None: all N P at once). on_step(1, ESS=the step's mean
-    ESS, resampled=resamplings so far) after each of the T steps (a dpm.progress.Progress's update)."""
+    ESS, resampled=resamplings so far) after each of the T steps (a dpm.io.progress.Progress's update)."""
     if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
         raise ValueError(f"particles={particles!r} is invalid: must be a positive integer")
     N, D, P, T = x_known.shape[0], tuple(x_known.shape[1:]), particles, diffusion.T

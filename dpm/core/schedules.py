@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from dpm.temporal import bump_basis
+from dpm.core.temporal import bump_basis
 
 BETA_MIN = 1e-6  # the released code's floor on every beta_t
 BETA_MAX_MARGIN = 1e-5  # ... and its margin below 1

@@ -1,4 +1,4 @@
-"""What train.py and evaluate.py share around dpm.run: the run directory from Hydra, errors a user can act on
+"""What train.py and evaluate.py share around dpm.app.train: the run directory from Hydra, errors a user can act on
 (one paragraph, no traceback unless HYDRA_FULL_ERROR=1), exit codes a scheduler can trust, and a last word
 saying where the results are.
 
@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.rundir import global_rank_from_env, update_link
+from dpm.app.rundir import global_rank_from_env, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
@@ -63,8 +63,8 @@ def _sigterm_as_keyboard_interrupt(signum, frame) -> None:
 
 
 def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | None:
-    """Run dpm.run.train or dpm.run.evaluate in Hydra's run directory and turn its outcome into an exit code."""
-    from dpm.run import Interrupted, RunFailed
+    """Run dpm.app.train.train or dpm.app.evaluate.evaluate in Hydra's run directory and turn its outcome into an exit code."""
+    from dpm.errors import Interrupted, RunFailed
 
     out_dir, record = _hydra_record()
     os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children

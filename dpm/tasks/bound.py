@@ -9,14 +9,14 @@ import warnings
 
 import torch
 
-from dpm.bound import ESTIMATORS, mean_and_stderr
-from dpm.checks import ConfigError
+from dpm.core.bound import ESTIMATORS, mean_and_stderr
+from dpm.errors import ConfigError
 from dpm.data.base import DataModule
-from dpm.keyed import Keys
-from dpm.module import DiffusionModule
-from dpm.paper import TABLE1
-from dpm.progress import Progress, announce, time_per_call
-from dpm.truth import truth_fields
+from dpm.core.keyed import Keys
+from dpm.model.module import DiffusionModule
+from dpm.core.paper import TABLE1
+from dpm.io.progress import Progress, announce, time_per_call
+from dpm.core.truth import truth_fields
 
 
 def split_size(dm: DataModule, split: str, limit: int | None) -> int:

@@ -13,27 +13,25 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A setting that cannot run; the message names the key, the value and what is valid."""
+from dpm.errors import ConfigError
 
 
 # ---- what a config (or a checkpoint's config) may instantiate ------------------------------------------------
 # node -> (allowed module prefixes, required base class path or None for an explicit callable list)
 ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "dataset": (("dpm.data.",), "dpm.data.base.DataModule"),
-    "schedule": (("dpm.schedules.",), "dpm.schedules.Schedule"),
-    "diffusion": (("dpm.gaussian.", "dpm.binomial."), "dpm.diffusion.Diffusion"),
+    "schedule": (("dpm.core.schedules.",), "dpm.core.schedules.Schedule"),
+    "diffusion": (("dpm.core.gaussian.", "dpm.core.binomial."), "dpm.core.diffusion.Diffusion"),
     "net": (("dpm.nets.",), "torch.nn.Module"),
     "optimizer": (("torch.optim.",), "torch.optim.Optimizer"),
-    "lr_scheduler": (("dpm.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
+    "lr_scheduler": (("dpm.model.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
     "trainer": (("lightning.pytorch.",), "lightning.pytorch.Trainer"),
     "trainer.strategy": (("lightning.pytorch.strategies.",), "lightning.pytorch.strategies.Strategy"),
-    "callbacks": (("lightning.pytorch.callbacks.", "dpm.callbacks."), "lightning.pytorch.Callback"),
+    "callbacks": (("lightning.pytorch.callbacks.", "dpm.model.callbacks."), "lightning.pytorch.Callback"),
     "logger": (("lightning.pytorch.loggers.",), "lightning.pytorch.loggers.Logger"),
 }
 # Plain functions that return an allowed object (a learning-rate schedule).
-ALLOWED_FUNCTIONS = ("dpm.optim.released_lr_decay", "dpm.optim.cosine_to_floor")
+ALLOWED_FUNCTIONS = ("dpm.model.optim.released_lr_decay", "dpm.model.optim.cosine_to_floor")
 COLLECTIONS = ("callbacks", "logger")  # nodes whose children are each a `_target_` node
 
 

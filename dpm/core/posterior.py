@@ -6,7 +6,7 @@ The target is p~(x0) ∝ p(x0) r(x0). Each reverse kernel becomes p~(x_{t-1}|x_t
 p~(x_T) = pi and applies all of r at x_0 (paper 2.5.4). For a delta r on known coordinates a third choice,
 "diffused", draws the known coordinates of x_{t-1} from the forward marginal q(x_{t-1} | x_0 = the given values)
 (the replacement method of later work, Song et al. 2021; not in the paper) and clamps them at x_0. This module gives the kernels as pure torch functions and
-packs a list of factors r into the `perturb(p, x_t, t) -> p~` hook of Diffusion.sample. For a delta r, dpm.smc
+packs a list of factors r into the `perturb(p, x_t, t) -> p~` hook of Diffusion.sample. For a delta r, dpm.core.smc
 samples by sequential Monte Carlo instead (SMCDiff, Trippe et al. 2022; not in the paper either).
 
 Shapes: a kernel's parameters `p` are the diffusion's params, each [N, *D]: Gaussian (mu, log var), binomial
@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dpm.diffusion import Params
+from dpm.core.diffusion import Params
 
 R_OVER_T = ("constant", "tempered", "diffused")
 Perturb = Callable[[Params, torch.Tensor, torch.Tensor], Params]

@@ -22,8 +22,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.files import write_json
-from dpm.rundir import claimed
+from dpm.io.files import write_json
+from dpm.app.rundir import claimed
 
 GROUP_ENV = "DPM_SWEEP_GROUP"
 JOB_FILE = "job.json"
@@ -95,8 +95,8 @@ class SweepJobs(Callback):
             gpu = one_gpu_per_local_job(int(config.hydra.job.num))
         else:
             gpu = None
-        self.gpu = gpu  # the record is written at the job's end: before dpm.run claims the directory, it may be
-        # another run's (dpm.runs reads a run without a record as incomplete)
+        self.gpu = gpu  # the record is written at the job's end: before dpm.app.train claims the directory, it may be
+        # another run's (dpm.sweeps.runs reads a run without a record as incomplete)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         status = getattr(job_return.status, "name", str(job_return.status))

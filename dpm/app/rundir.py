@@ -11,11 +11,11 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from dpm.checks import ConfigError
-from dpm.files import write_text
+from dpm.errors import ConfigError
+from dpm.io.files import write_text
 
 HYDRA_LOGS = (".log",)
-_CLAIMED: set[str] = set()  # run directories this process claimed (dpm.sweep writes its job record only there)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
+_CLAIMED: set[str] = set()  # run directories this process claimed (dpm.sweeps.jobs writes its job record only there)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
 
 
 def global_rank_from_env() -> int:

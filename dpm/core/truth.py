@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from dpm.bound import mean_and_stderr
+from dpm.core.bound import mean_and_stderr
 
 ROLL_T = (1.5 * math.pi, 4.5 * math.pi)  # make_swiss_roll: t = 1.5 pi (1 + 2 u), u ~ U(0, 1)
 LOG_2PI = math.log(2 * math.pi)

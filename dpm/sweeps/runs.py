@@ -2,7 +2,7 @@
 each one row (overrides, K and where it came from, the truth where known, steps, time, status).
 
 A run is a directory with train.py's config.yaml (or Hydra's .hydra/config.yaml of a training config). Its row
-reads .hydra/overrides.yaml, .hydra/job.json (dpm.sweep.SweepJobs), eval.json (its own, else one in a
+reads .hydra/overrides.yaml, .hydra/job.json (dpm.sweeps.jobs.SweepJobs), eval.json (its own, else one in a
 subdirectory), logs/metrics.csv and checkpoints/crash.ckpt.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dpm.sweep import JOB_FILE
+from dpm.sweeps.jobs import JOB_FILE
 
 SKIP_DIRS = {".hydra", ".submitit", "wandb", "checkpoints", "logs", "__pycache__"}
 IGNORED = re.compile(r"(^|\.)(out_dir|dirpath|save_dir|default_root_dir|ckpt_path|data_dir)$")
@@ -124,7 +124,7 @@ def flatten(node, prefix: str = "") -> dict[str, object]:
 
 
 def config_differences(rows: list[dict]) -> None:
-    """For runs without Hydra's overrides.yaml (dpm.run.train called directly), the config values that differ
+    """For runs without Hydra's overrides.yaml (dpm.app.train.train called directly), the config values that differ
     between the runs stand in for their overrides, paths and output directories left out."""
     flats = [{k.rstrip("."): v for k, v in flatten(r["config"]).items()} for r in rows]
     keys = list(dict.fromkeys(k for f in flats for k in f))

@@ -1,0 +1,74 @@
+"""Building the model: from a composed config, or from a checkpoint's own config (the one place for both)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from dpm.app.checkpoint import WEIGHTS
+from dpm.app.checks import check_keys, check_train_config
+from dpm.data.base import DataModule
+from dpm.errors import ConfigError
+from dpm.model.module import DiffusionModule
+
+
+def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataModule, DiffusionModule]:
+    """The data module (set up) and the LightningModule a config describes."""
+    check_train_config(cfg)
+    dm: DataModule = instantiate(cfg.dataset)
+    schedule = instantiate(cfg.schedule, T=cfg.T)
+    diffusion = instantiate(cfg.diffusion, schedule=schedule)
+    if datamodule_state is not None:
+        dm.load_state_dict(datamodule_state)
+    # Processes started together (torchrun, SLURM) would race on a download or a cache: one at a time; the
+    # first prepares, the others find the files there.
+    key = hashlib.sha1(json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"dpm-prepare-{key}.lock"):
+        dm.prepare_data()
+    dm.setup()
+    diffusion.check_data(dm.splits["train"])
+    net = instantiate(cfg.net, data_shape=dm.data_shape, n_outputs=diffusion.n_outputs, T=cfg.T)
+    module = DiffusionModule(
+        net, diffusion, optimizer=instantiate(cfg.optimizer),
+        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
+        run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize)
+    if cfg.get("compile"):
+        module.net.compile()  # in place: the network only, and its state_dict keys stay those of a plain one
+    return dm, module
+
+
+def checkpoint_config(ckpt: dict) -> Any:
+    """The checkpoint's run config as a DictConfig, its keys checked against the constructors."""
+    cfg = OmegaConf.create(ckpt["dpm_config"])
+    check_keys(cfg)
+    return cfg
+
+
+def restore(ckpt: dict, weights: str = "auto"):
+    """Rebuild data module and model from a checkpoint (checked by load_checkpoint); returns (dm, module,
+    which weights were loaded)."""
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights!r} is unknown; valid choices: {list(WEIGHTS)}")
+    cfg = checkpoint_config(ckpt)
+    dm_state = next((v for k, v in ckpt.items() if k.endswith("DataModule")), None)
+    dm, module = build(cfg, dm_state)
+    has_ema = "current_model_state" in ckpt  # Lightning's EMAWeightAveraging keeps the raw weights there
+    if weights == "ema" and not has_ema:
+        raise ConfigError("weights=ema but the checkpoint holds no EMA weights (train with callbacks=ema)")
+    use_raw_copy = has_ema and weights == "raw"
+    state = {"state_dict": ckpt["current_model_state"] if use_raw_copy else ckpt["state_dict"]}
+    module.on_load_checkpoint(state)
+    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"the checkpoint's weights do not fit the network its config describes (missing "
+                          f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+    return dm, module, "ema" if has_ema and not use_raw_copy else "raw"

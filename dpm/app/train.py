@@ -1,0 +1,141 @@
+"""train(cfg, out_dir): fit the model a config describes into its run directory, then test it (eval.json).
+
+No Hydra runtime is needed here (train.py passes the run directory), so tests call it directly. Every check that
+can fail runs before the first file is written; a run directory holds one run (dpm.app.rundir); a resumed run
+applies or refuses each changed setting (dpm.app.resume).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from dpm.app.build import build
+from dpm.app.checkpoint import load_checkpoint
+from dpm.app.checks import check_train_config
+from dpm.app.resume import check_resume
+from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
+from dpm.app.trainer import _children, check_data_fits, make_callbacks, processes_cleaned_up, trainer_settings
+from dpm.data.base import DataModule
+from dpm.errors import Interrupted, RunFailed
+from dpm.io.files import write_json, write_text
+from dpm.model.module import DiffusionModule, NonFiniteStop
+from dpm.tasks.bound import bound_over_split, format_table
+
+
+def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
+    """Fit the model of cfg into out_dir (checkpoints, logs, figures, config.yaml), then evaluate it on the test
+    split (eval.json) unless test_at_end is false. Returns the final metrics and the paths written."""
+    out_dir = Path(out_dir)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.out_dir = str(out_dir)
+    check_train_config(cfg)
+    ckpt_path = cfg.get("ckpt_path")
+    changes, start_step = [], 0
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        new = OmegaConf.to_container(cfg, resolve=True)
+        changes = check_resume(ckpt["dpm_config"], new, str(ckpt_path))
+        start_step = int(ckpt.get("global_step", 0))
+        del ckpt
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+    settings = trainer_settings(cfg)
+    dm, module = build(cfg)
+    check_data_fits(cfg, dm)
+    rank0 = global_rank_from_env() == 0
+    if rank0:  # the DDP processes Lightning starts later share rank 0's directory
+        claim(out_dir, "training run")
+        check_writable(out_dir / "checkpoints", "hydra.run.dir")
+        if hydra_record:
+            write_hydra_record(out_dir, hydra_record)
+        config = dict(module.run_config)
+        if ckpt_path is not None:
+            config["resumed_from"] = str(ckpt_path)
+            config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
+        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=make_callbacks(cfg),
+                                     logger=_children(cfg.get("logger")) or False, **settings)
+    for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
+        logger.log_hyperparams(module.run_config)
+    try:
+        with processes_cleaned_up():
+            return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+            import wandb
+
+            wandb.finish()  # or every job of a multirun logs into one W&B run
+
+
+def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,
+                  out_dir: Path, start_step: int) -> dict:
+    ckpt_path = cfg.get("ckpt_path")
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise Interrupted(143, _stopped_message("SIGTERM", out_dir, trainer)) from None
+    except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
+        if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
+            raise Interrupted(130, _stopped_message("SIGINT", out_dir, trainer)) from None
+        raise exit_
+    except NonFiniteStop as err:
+        raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
+    if trainer.global_step <= start_step:
+        raise RunFailed(f"the run ended after {trainer.global_step - start_step} optimizer steps: trainer.max_steps="
+                        f"{cfg.trainer.max_steps} was already reached{' by the checkpoint' if ckpt_path else ''} "
+                        "or the training split gave no batch. Raise trainer.max_steps.")
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    paths = {"run_dir": str(out_dir), "checkpoint": str(out_dir / "checkpoints" / "last.ckpt")}
+    if cfg.get("test_at_end", True) and trainer.is_global_zero:
+        result = test_at_end(cfg, module, dm, out_dir)
+        metrics.update({"test/K": result["K"], "test/K_stderr": result["K_stderr"]})
+        for logger in trainer.loggers:
+            logger.log_metrics({"test/K": result["K"], "test/K_minus_L_null": result["K_minus_L_null"]},
+                               step=trainer.global_step)
+            logger.save()
+        paths["eval"] = str(out_dir / "eval.json")
+    return {**metrics, **paths}
+
+
+def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_dir: Path) -> dict:
+    """The final weights on the test split (exact, or mc with test_n_t draws where T > test_exact_max_T),
+    written to <run>/eval.json through the same code as evaluate.py."""
+    T = module.diffusion.T
+    estimator = "exact" if T <= cfg.get("test_exact_max_T", 200) else "mc"
+    device = module.device
+    module.eval()
+    result = bound_over_split(module, dm, split="test", estimator=estimator, n_t=min(cfg.get("test_n_t", 64), T - 1),
+                              batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
+                              progress=cfg.get("progress", True))
+    result.update(weights=_weights_kind(module), checkpoint=str(out_dir / "checkpoints" / "last.ckpt"))
+    write_json(out_dir / "eval.json", result)
+    print(format_table(result))
+    return result
+
+
+def _weights_kind(module: DiffusionModule) -> str:
+    trainer = module._trainer
+    uses_ema = trainer is not None and any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
+    return "ema" if uses_ema else "raw"
+
+
+def _last_checkpoint_note(out_dir: Path) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        step = torch.load(last, map_location="cpu", weights_only=True).get("global_step")
+        return f"{last} holds the weights of step {step}."
+    return "No checkpoint was written before the stop (no validation had run)."
+
+
+def _stopped_message(signal_name: str, out_dir: Path, trainer: L.Trainer) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    where = (f"{last} holds step {trainer.global_step}; resume with: python train.py ckpt_path={last}"
+             if last.is_file() else "no checkpoint could be written")
+    return f"stopped by {signal_name} at step {trainer.global_step}: {where}"

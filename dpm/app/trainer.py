@@ -1,0 +1,113 @@
+"""The Trainer as dpm sets it up: precision policy, DDP strategy, callbacks and loggers, the shape of the data
+against the number of processes, and the launcher's environment restored after a run."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from dpm.app.checkpoint import AtomicCheckpointIO
+from dpm.data.base import DataModule
+from dpm.errors import ConfigError
+
+# What Lightning's DDP launcher sets in the launching process; restored after each run (processes_cleaned_up)
+LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_WORLD_SIZE")
+
+
+# Precisions that keep the schedule, the bound and the KL in float32 (the network may run in bf16 / fp16).
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "64-true", "64", "transformer-engine")
+REFUSED_PRECISIONS = {"bf16-true": "casts every buffer to bf16", "16-true": "casts every buffer to fp16",
+                      "bf16": "casts every buffer to bf16", "16": "is 16-mixed's old name: write 16-mixed",
+                      "half": "casts every buffer to fp16"}
+
+
+def _on_gpu(trainer_cfg: DictConfig) -> bool:
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def trainer_settings(cfg: DictConfig) -> dict:
+    """Trainer arguments dpm decides: precision `auto` (bf16-mixed on a GPU, 32-true elsewhere), TF32 matmuls on
+    a GPU unless tf32=false, DDP without re-broadcasting constant buffers, and the atomic checkpoint writer."""
+    precision = str(cfg.trainer.get("precision", "auto"))
+    if precision in REFUSED_PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision} is refused: it {REFUSED_PRECISIONS[precision]}, and the "
+                          "schedule tables (float64 -> float32) and the bound must stay in float32. Use bf16-mixed "
+                          "(GPU), 16-mixed or 32-true.")
+    if precision == "auto":
+        precision = "bf16-mixed" if _on_gpu(cfg.trainer) else "32-true"
+    elif precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is unknown; valid choices: {['auto', *PRECISIONS]}")
+    if _on_gpu(cfg.trainer) and cfg.get("tf32", True):
+        torch.set_float32_matmul_precision("high")
+    settings = {"precision": precision, "plugins": [AtomicCheckpointIO()]}
+    strategy = cfg.trainer.get("strategy", "auto")
+    if strategy == "ddp" or (strategy == "auto" and _world_size(cfg.trainer) > 1):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # the schedule tables are buffers that never change within a step: no broadcast before every forward
+        settings["strategy"] = DDPStrategy(broadcast_buffers=False)
+    return settings
+
+
+def _children(node: DictConfig | None) -> list:
+    """Instantiate each named `_target_` child of a dict node (callbacks, loggers), skipping nulls."""
+    return [instantiate(child) for child in (node or {}).values() if child is not None]
+
+
+def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The configured callbacks, plus Lightning's progress bar redrawn every `progress_bar_every` steps (its
+    default redraw at every step costs more than a small model's whole step) unless the config brings its own
+    bar or turns it off (trainer.enable_progress_bar=false)."""
+    callbacks = _children(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+    return callbacks
+
+
+def _world_size(trainer_cfg: DictConfig) -> int:
+    """How many processes the trainer config asks for (1 where it cannot be told before the Trainer exists)."""
+    devices, nodes = trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1) or 1
+    if isinstance(devices, int) and devices > 0:
+        return devices * nodes
+    if OmegaConf.is_list(devices):
+        return len(devices) * nodes
+    return 1
+
+
+def check_data_fits(cfg: DictConfig, dm: DataModule) -> None:
+    """Each device must get a whole share of the global batch and at least one training batch."""
+    world = _world_size(cfg.trainer)
+    batch, n_train = dm.batch_size, len(dm.splits["train"])
+    if batch % world:
+        raise ConfigError(f"dataset.batch_size={batch} is the global batch and must divide evenly over "
+                          f"trainer.devices x num_nodes = {world} processes (e.g. {batch - batch % world or world}).")
+    if world > 1 and n_train // world < batch // world:  # one process trains on a partial batch instead
+        raise ConfigError(f"the training split has {n_train} examples: with {world} processes each gets "
+                          f"{n_train // world}, fewer than its batch of {batch // world} (dataset.batch_size={batch}). "
+                          "Use fewer devices, a smaller dataset.batch_size or more training data.")
+
+
+@contextmanager
+def processes_cleaned_up() -> Iterator[None]:
+    """Around a run that may launch DDP processes: afterwards the process group is destroyed (the next job of a
+    multirun starts new processes; this group's peers are gone) and the launcher's environment restored
+    (Lightning would take its own leftover LOCAL_RANK for an external launcher's)."""
+    launch_env = {key: os.environ.get(key) for key in LAUNCH_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in launch_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
