@@ -1,5 +1,5 @@
 """DDP with 2 CPU processes (gloo), each run under a timeout: failure paths that must end, not hang; the same K,
-val/K and weights on 1 and 2 processes (keyed draws, shards gathered by example index) (issue 8)."""
+val/K and weights on 1 and 2 processes (keyed draws, shards gathered by example index)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Bad input, faults and hostile files through train.py and evaluate.py as a user runs them (subprocesses).
 
 Each case checks the exit code, a short message without a traceback, and that no file that existed before the
-command changed (issue 7). HYDRA_FULL_ERROR=1 still gives the traceback.
+command changed. HYDRA_FULL_ERROR=1 still gives the traceback.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def test_kl_against_monte_carlo():
 
 
 def test_isotropic_model_gives_K_equal_L_null_on_standard_normal_data():
-    """Mean coefficients 0 and reverse variance beta_t reverse the stationary N(0, I) process exactly (PAPER.md 2.3)."""
+    """Mean coefficients 0 and reverse variance beta_t reverse the stationary N(0, I) process exactly (docs/paper.md §2.3)."""
     torch.manual_seed(1)
     d = diffusion("sd2015", T=60)
     x0 = torch.randn(2000, 2, dtype=torch.float64)

@@ -162,7 +162,7 @@ def test_image_presets_pin_the_paper_settings_and_build(name):
     shape, T, optimizer, batch_size, millions = PRESETS[name]
     cfg = compose([f"experiment={name}"])
     assert cfg.T == T and cfg.dataset._target_.endswith("DataModule")
-    if optimizer is not None:  # the released RMSprop and lr decay (PAPER.md 5.4)
+    if optimizer is not None:  # the released RMSprop and lr decay (docs/paper.md §5.4)
         assert cfg.optimizer._target_.endswith(optimizer) and cfg.optimizer.lr == 1e-3
         assert cfg.lr_scheduler._target_.endswith("released_lr_decay") and cfg.dataset.batch_size == batch_size
     if name == "dead_leaves_cpu":

@@ -1,4 +1,4 @@
-"""Schedules against the numbers PAPER.md 4.2 computed from the released code, and their invariants."""
+"""Schedules against the numbers docs/paper.md §4.2 computed from the released code, and their invariants."""
 
 import pytest
 import torch

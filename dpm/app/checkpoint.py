@@ -1,7 +1,7 @@
 """Checkpoints as data: reading one safely (weights_only, a checked config), rebuilding a model from it, and
 writing them atomically.
 
-A checkpoint is data, never code (DESIGN.md contract 10): torch.load runs with weights_only=True pinned (an
+A checkpoint is data, never code (docs/contracts.md, contract 10): torch.load runs with weights_only=True pinned (an
 environment variable cannot lift it), and the config inside is checked against dpm.app.checks.ALLOWED_TARGETS
 before anything it names is instantiated.
 """

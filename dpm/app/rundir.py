@@ -1,4 +1,4 @@
-"""Run directories: one run per directory (DESIGN.md contract 6), Hydra's record of the command written only
+"""Run directories: one run per directory (docs/contracts.md, contract 6), Hydra's record of the command written only
 after the directory is claimed, and the `latest` link that the README's quick start evaluates.
 
 Hydra writes `.hydra/` before the task starts, so the configs set `hydra.output_subdir: null` and the record

@@ -1,11 +1,11 @@
-"""Binomial diffusion (paper Table App.1, PAPER.md 1.3 and 2.4) over binary data.
+"""Binomial diffusion (paper Table App.1, docs/paper.md §1.3 and 2.4) over binary data.
 
 pi = B(p) independently per bit; q(x_t | x_{t-1}) = B(x_{t-1}(1 - beta_t) + p beta_t). A Bernoulli travels
 as the 1-tuple (probability of a 1,) with shape [N, *D]. With the binomial schedule beta_t = (T - t + 1)^-1
 (dpm.core.schedules) alpha_bar_T = 0, so x_T ~ pi whatever x0. The bound K (dpm.core.diffusion, dpm.core.bound) takes from
 here the Bernoulli KL, the entropies and the prior terms; its fixed last step contributes
 E[log pi(x0) - log pi(x1) | x0], which vanishes only for sequences whose mean activity is p (the paper's
-heartbeat: p = 0.2, PAPER.md 1.3 and 7.2).
+heartbeat: p = 0.2, docs/paper.md §1.3 and 7.2).
 """
 
 from __future__ import annotations

@@ -247,12 +247,12 @@ class Diffusion(nn.Module):
                x_T: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Ancestral sampling x_T ~ pi, x_{t-1} ~ p(x_{t-1}|x_t) for t = T..2, then the fixed p(x_0|x_1).
 
-        Unlike the released sampler, the final fixed step is applied (PAPER.md 6.3). Returns x0 [N, *D] and
+        Unlike the released sampler, the final fixed step is applied (docs/paper.md §6.3). Returns x0 [N, *D] and
         the states x_t for every t in `keep` (t = T..0). on_step(1) is called after each of the T steps
         (a dpm.io.progress.Progress's update).
         perturb(p, x_t, t) -> p~ replaces every step's kernel, the fixed last one included, by the perturbed
         kernel p(x_{t-1}|x_t) r(x_{t-1}) / Z (Eq. 22; dpm.core.posterior). x_T [N, *D], when given, is the start
-        state in place of a draw from pi (denoising starts from the observation y, PAPER.md 6.3).
+        state in place of a draw from pi (denoising starts from the observation y, docs/paper.md §6.3).
         """
         x = self.prior_sample(shape, generator, device) if x_T is None else x_T
         kept = {self.T: x} if self.T in keep else {}

@@ -1,4 +1,4 @@
-"""Gaussian diffusion (paper Table App.1, PAPER.md 1.2, 2.2-2.3, 3.2).
+"""Gaussian diffusion (paper Table App.1, docs/paper.md §1.2, 2.2-2.3, 3.2).
 
 pi = N(0, I); q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I). Distributions travel as
 (mean, log-variance) pairs, each [N, *D] or broadcastable to it.
@@ -19,7 +19,7 @@ REVERSE_FORMS = ("code", "paper")
 
 
 def normal_kl(mean_q: torch.Tensor, logvar_q: torch.Tensor, mean_p: torch.Tensor, logvar_p: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean_q, e^logvar_q) || N(mean_p, e^logvar_p)) per element (PAPER.md 3.2), nats."""
+    """KL(N(mean_q, e^logvar_q) || N(mean_p, e^logvar_p)) per element (docs/paper.md §3.2), nats."""
     return 0.5 * (logvar_p - logvar_q + torch.exp(logvar_q - logvar_p)
                   + (mean_q - mean_p) ** 2 * torch.exp(-logvar_p) - 1.0)
 
@@ -30,7 +30,7 @@ def normal_entropy(logvar: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianDiffusion(Diffusion):
-    """Gaussian diffusion with the reverse kernel of PAPER.md 2.2-2.3.
+    """Gaussian diffusion with the reverse kernel of docs/paper.md §2.2-2.3.
 
     reverse_form="code" (default, the released code): mu = sqrt(1 - beta_t) x_t + sqrt(beta_t) z_mu,
     var = sigmoid(z_var / sqrt(T) + logit beta_t). reverse_form="paper" (Eq. 64-65): var = sigmoid(z_var +
@@ -74,7 +74,7 @@ class GaussianDiffusion(Diffusion):
         return xt.to(x0.dtype)
 
     def q_posterior(self, x0, xt, t):
-        """q(x_{t-1} | x_t, x_0) = N(mu_post, var_post) for t >= 2, the product of two Gaussians (PAPER.md 1.2):
+        """q(x_{t-1} | x_t, x_0) = N(mu_post, var_post) for t >= 2, the product of two Gaussians (docs/paper.md §1.2):
         var_post = beta_t (1 - ab_{t-1}) / (1 - ab_t),
         mu_post = sqrt(ab_{t-1}) beta_t / (1 - ab_t) x0 + sqrt(alpha_t) (1 - ab_{t-1}) / (1 - ab_t) xt."""
         mu_post = self.coef("post_c0", t, x0) * x0 + self.coef("post_ct", t, xt) * xt

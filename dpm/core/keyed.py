@@ -1,7 +1,7 @@
 """Keyed random draws: each example's numbers are a function of (seed, example index, stream) only.
 
 A torch.Generator hands out a stream: which numbers an example gets depends on where it sits in the batch, on
-the batch size, on the rank and on the device. Evaluation needs better (DESIGN.md contract 7): the same K for
+the batch size, on the rank and on the device. Evaluation needs better (docs/contracts.md, contract 7): the same K for
 any batch size and any number of processes. Here every draw is a counter-based hash, splitmix64 (Steele, Lea &
 Flood 2014) evaluated on int64 tensors with plain torch ops, so it runs on any device:
 
@@ -182,7 +182,7 @@ class Keys:
 def dequantize(x0: torch.Tensor, width: float, keys: Keys) -> torch.Tensor:
     """x0 + u, u ~ U(-width/2, width/2) per element, keyed by (seed, example index, DEQUANT): [N, *D].
 
-    The keyed form of ImageDataModule.dequantize (PAPER.md 5.6): an example gets the same noise in any batch."""
+    The keyed form of ImageDataModule.dequantize (docs/paper.md §5.6): an example gets the same noise in any batch."""
     if width == 0.0:
         return x0
     u = keys.uniform((DEQUANT,), x0.shape[1:], torch.float64 if x0.dtype == torch.float64 else torch.float32)

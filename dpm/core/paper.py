@@ -1,4 +1,4 @@
-"""The paper's Table 1 (PAPER.md 7.2): K and K - L_null on a holdout set, per data set, in the data set's unit."""
+"""The paper's Table 1 (docs/paper.md §7.2): K and K - L_null on a holdout set, per data set, in the data set's unit."""
 
 TABLE1 = {
     "swiss_roll": {"K": 2.35, "K_minus_L_null": 6.45},
@@ -8,7 +8,7 @@ TABLE1 = {
     "cifar10": {"K": 5.4, "K_minus_L_null": 11.5},
 }
 
-# The paper's Table 2, MNIST (PAPER.md 7.3): Parzen-window log-likelihood estimates in bits (v8; the earlier
+# The paper's Table 2, MNIST (docs/paper.md §7.3): Parzen-window log-likelihood estimates in bits (v8; the earlier
 # versions printed Goodfellow et al.'s numbers in nats), (mean, standard error).
 TABLE2_MNIST_BITS = {
     "Stacked CAE": (174, 2.3),

@@ -1,5 +1,5 @@
 """The Parzen-window log-likelihood estimate of Goodfellow et al. (2014), which the paper's Table 2 uses for MNIST
-(PAPER.md 7.1, 7.3).
+(docs/paper.md §7.1, 7.3).
 
 For a test image x [D] and samples s_1..s_M [D] (pixel values in [0, 1]):
     log p(x) = log (1/M) sum_j exp(-|x - s_j|^2 / (2 sigma^2)) - D log(sigma sqrt(2 pi))     (nats)

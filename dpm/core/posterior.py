@@ -1,5 +1,5 @@
 """Multiplying a trained diffusion model by another distribution r(x): perturbed reverse kernels (paper 2.5,
-App. C; PAPER.md 6).
+App. C; docs/paper.md §6).
 
 The target is p~(x0) ∝ p(x0) r(x0). Each reverse kernel becomes p~(x_{t-1}|x_t) ∝ p(x_{t-1}|x_t) r_{t-1}(x_{t-1})
 (Eq. 22), with r_t = r at every t (Eq. 23, the paper's choice) or tempered, r_t = r^((T - t)/T), which leaves
@@ -71,7 +71,7 @@ def first_order_shift(p: Params, log_r: LogR, w: torch.Tensor | float = 1.0) -> 
 
 
 def bernoulli_product(p: Params, d: torch.Tensor | float) -> Params:
-    """B(x; c) times r, normalised, per bit; exact (Table App.1 with c d in the denominator, PAPER.md 6.1):
+    """B(x; c) times r, normalised, per bit; exact (Table App.1 with c d in the denominator, docs/paper.md §6.1):
     c_post = c d / (c d + (1 - c)(1 - d)), d = r(x = 1) / (r(x = 0) + r(x = 1)).
 
     Written as c + c (1 - c)(2d - 1) / (c d + (1 - c)(1 - d)), which is the same number and returns c bit for bit
@@ -81,7 +81,7 @@ def bernoulli_product(p: Params, d: torch.Tensor | float) -> Params:
 
 
 def clamp(p: Params, known: torch.Tensor, x_known: torch.Tensor, kind: str) -> Params:
-    """r a delta on the known coordinates, constant elsewhere, multiplied in exactly (PAPER.md 6.1, 6.3): the
+    """r a delta on the known coordinates, constant elsewhere, multiplied in exactly (docs/paper.md §6.1, 6.3): the
     kernel puts all its mass on x_known where `known` is True. Gaussian: mean x_known, variance 0 (log var
     -inf, so a draw mu + exp(log var / 2) eps is x_known exactly); binomial: c = x_known (0 or 1).
     known bool and x_known broadcastable to [N, *D]."""

@@ -1,10 +1,10 @@
-"""Forward diffusion-rate schedules beta_1..beta_T (PAPER.md section 4).
+"""Forward diffusion-rate schedules beta_1..beta_T (docs/paper.md §4).
 
 Paper time t = 1..T is stored at index t - 1. Every schedule is built in float64 and kept as a buffer,
 so it follows `.to(device)` and lands in the checkpoint; `.to(dtype)`, `.half()` and `.bfloat16()` leave it in
 float64 (a bf16 schedule would round beta_t near 1 to 1 and make K NaN). `Schedule(learned=True)` adds the
 paper's learned perturbation of beta_2..beta_T (section 2.4.1), written as the released code writes it
-(sigmoid(logit(baseline) + temporal-basis perturbation), PAPER.md 4.2), with beta_1 held fixed.
+(sigmoid(logit(baseline) + temporal-basis perturbation), docs/paper.md §4.2), with beta_1 held fixed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ BETA_MAX_MARGIN = 1e-5  # ... and its margin below 1
 
 
 def sd2015_beta(T: int, step1_beta: float = 0.001) -> torch.Tensor:
-    """The released code's baseline (PAPER.md 4.2): beta_t = 1/linspace(T, 2, T), plus step1_beta at t = 1.
+    """The released code's baseline (docs/paper.md §4.2): beta_t = 1/linspace(T, 2, T), plus step1_beta at t = 1.
 
     Each step destroys about a fraction 1/T of the remaining signal variance. Returns float64 [T].
     """

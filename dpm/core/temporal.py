@@ -1,4 +1,4 @@
-"""The temporal bump basis g_j(t) of paper Eq. 62-63, as the released code builds it (PAPER.md 2.3)."""
+"""The temporal bump basis g_j(t) of paper Eq. 62-63, as the released code builds it (docs/paper.md §2.3)."""
 
 from __future__ import annotations
 

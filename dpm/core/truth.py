@@ -1,6 +1,6 @@
-"""The true log-likelihood of the data sets whose density is known, to set beside the bound K (DESIGN.md contract 9).
+"""The true log-likelihood of the data sets whose density is known, to set beside the bound K (docs/contracts.md, contract 9).
 
-- The heartbeat (PAPER.md 7.1): `period` equiprobable sequences, so log p(x0) = log(1/period) for each of them.
+- The heartbeat (docs/paper.md §7.1): `period` equiprobable sequences, so log p(x0) = log(1/period) for each of them.
 - The noisy Swiss roll (scikit-learn's make_swiss_roll, columns 0 and 2): y = c(t) + sigma eps with
   c(t) = (t cos t, t sin t), t ~ U(1.5 pi, 4.5 pi), eps ~ N(0, I_2). Its density
   p(y) = 1/(b - a) int_a^b N(y; c(t), sigma^2 I) dt is computed by quadrature over the roll parameter t, and the

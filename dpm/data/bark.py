@@ -1,5 +1,5 @@
 """Bark: random grey patches cut from a folder of texture photographs (the paper used the UIUC texture set's
-bark classes T01-T04, Lazebnik et al. 2005; PAPER.md 7.1). With no folder, scikit-image's bundled brick,
+bark classes T01-T04, Lazebnik et al. 2005; docs/paper.md §7.1). With no folder, scikit-image's bundled brick,
 grass and gravel textures stand in, so it runs offline."""
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class DataModule(L.LightningDataModule):
     """Subclasses set `name`, `unit`, `figure_kind` and implement `make_split`; images also override
     `units_per_example` (spatial pixels) and `dequantize`.
 
-    batch_size is the global batch: with N devices each gets batch_size // N (README, DESIGN.md contract 5).
+    batch_size is the global batch: with N devices each gets batch_size // N (README, docs/contracts.md, contract 5).
     """
 
     name = ""
@@ -48,7 +48,7 @@ class DataModule(L.LightningDataModule):
 
     def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(shift, scale) from the raw training split [N, *D]: by default one global mean and one global scalar
-        std, so the data has zero mean and unit variance (PAPER.md 5.5, on the whole split rather than one
+        std, so the data has zero mean and unit variance (docs/paper.md §5.5, on the whole split rather than one
         minibatch), summed in float64 in chunks so large sets stay exact. shift broadcasts against [*D]."""
         n = train.numel()
         mean = sum(chunk.double().sum().item() for chunk in train.split(4096)) / n
@@ -83,7 +83,7 @@ class DataModule(L.LightningDataModule):
     def true_log_likelihood(self, x0: torch.Tensor) -> torch.Tensor | None:
         """log q(x0) of the data-generating density per example, nats float64 [N], on the data as the model sees it
         (after normalisation, so the log-Jacobian of the scaling is included); None where the density is unknown.
-        eval.json sets K beside it (DESIGN.md contract 9)."""
+        eval.json sets K beside it (docs/contracts.md, contract 9)."""
         return None
 
     def eval_info(self) -> dict:

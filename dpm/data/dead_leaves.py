@@ -1,5 +1,5 @@
 """Dead leaves: images of occluding disks with power-law distributed radii and uniform grey levels
-(Lee, Mumford and Huang 2001; the paper's Table 1 and Fig. 4, PAPER.md 7.1), generated and cached to disk."""
+(Lee, Mumford and Huang 2001; the paper's Table 1 and Fig. 4, docs/paper.md §7.1), generated and cached to disk."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class DeadLeavesDataModule(ImageDataModule):
     Each split is its own n_* independent windows, drawn with seed (seed, split index), so no two examples
     share a disk and a split does not change when another's size does. Radii in pixels: density ~ r^-alpha
     on [r_min, r_max] (alpha = 3 is the scale-invariant law of Lee, Mumford and Huang 2001; the paper gives
-    no sizes, PAPER.md 7.1). Each split is cached as data_dir/dead_leaves/<all generation parameters>.npz
+    no sizes, docs/paper.md §7.1). Each split is cached as data_dir/dead_leaves/<all generation parameters>.npz
     (uint8) after it is first generated (cache=false: always regenerate, write nothing).
     """
 

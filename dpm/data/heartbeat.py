@@ -1,5 +1,5 @@
 """The binary heartbeat of the paper's section 7.1: a 1 every `period`-th bin of a `length`-bin sequence, at a
-uniformly random phase (PAPER.md 7.1). With the defaults (20, 5) there are 5 equiprobable sequences, each with
+uniformly random phase (docs/paper.md §7.1). With the defaults (20, 5) there are 5 equiprobable sequences, each with
 mean activity 1/5, and the true log-likelihood is log2(1/5) = -2.322 bits/seq."""
 
 from __future__ import annotations

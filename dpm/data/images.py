@@ -1,7 +1,7 @@
 """The base of every image data set: [N, C, H, W] pixels on a grid of n_levels grey levels, scaled to unit
 variance by one global scalar, dequantised by uniform noise, and reported in bits per spatial pixel.
 
-Raw pixel values y = k / (n_levels - 1), k = 0..n_levels-1, lie in [0, 1] (PAPER.md 5.5: Fuel gave floats
+Raw pixel values y = k / (n_levels - 1), k = 0..n_levels-1, lie in [0, 1] (docs/paper.md §5.5: Fuel gave floats
 in [0, 1]); one quantisation bin is Delta = 1 / (n_levels - 1) wide. The model sees x = (y - shift) / scale.
 """
 
@@ -66,7 +66,7 @@ class ImageDataModule(DataModule):
     """Images [N, C, H, W]; subclasses implement make_split returning raw values k / (n_levels - 1).
 
     data_dir: where the files (or a generated cache) live; relative paths are taken from the working directory.
-    dequantization (PAPER.md 5.6), the width w of the uniform noise U(-w/2, w/2) added to every normalised
+    dequantization (docs/paper.md §5.6), the width w of the uniform noise U(-w/2, w/2) added to every normalised
     pixel of every batch, in training and evaluation alike:
       - "bin": one quantisation bin, w = Delta / scale (Delta = 1 / (n_levels - 1) in raw units). The noise
         fills each bin exactly, so K gives a bound on the discrete likelihood (nll_bits_per_dim).
@@ -116,7 +116,7 @@ class ImageDataModule(DataModule):
 
     def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0 + u, u ~ U(-w/2, w/2) per element (PAPER.md 5.6), [N, C, H, W]: from `generator` (default: the global
+        """x0 + u, u ~ U(-w/2, w/2) per element (docs/paper.md §5.6), [N, C, H, W]: from `generator` (default: the global
         torch RNG of x0's device), or keyed by each example's (seed, index) with keys (dpm.core.keyed.dequantize)."""
         w = self.dequantization_width
         if w == 0.0:
@@ -128,7 +128,7 @@ class ImageDataModule(DataModule):
     # ---- reporting ----------------------------------------------------------------------------------
     @property
     def units_per_example(self) -> int:
-        """Spatial pixels per image, H x W: K in bits/pixel sums over colour channels (PAPER.md 3.4)."""
+        """Spatial pixels per image, H x W: K in bits/pixel sums over colour channels (docs/paper.md §3.4)."""
         H, W = self.data_shape[-2:]
         return H * W
 

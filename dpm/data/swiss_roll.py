@@ -13,7 +13,7 @@ class SwissRollDataModule(DataModule):
     """scikit-learn's make_swiss_roll(n, noise), columns 0 and 2; each split drawn with its own fixed seed
     (seed, seed + 1, seed + 2), so a split does not change when another's size does. Centred per column on
     the training split and divided by one global scalar, so the training data has unit variance per
-    dimension on average (the paper does not say how its roll was made; PAPER.md 7.1)."""
+    dimension on average (the paper does not say how its roll was made; docs/paper.md §7.1)."""
 
     name = "swiss_roll"
     unit = "bits"

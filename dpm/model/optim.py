@@ -11,7 +11,7 @@ import torch
 
 def released_lr_decay(optimizer: torch.optim.Optimizer, every: int = 500, factor: float = 10 ** (-1 / 1000),
                       floor: float = 1e-4) -> torch.optim.lr_scheduler.LambdaLR:
-    """The released code's schedule (PAPER.md 5.4): lr <- lr * factor after every `every` steps (an "epoch" of
+    """The released code's schedule (docs/paper.md §5.4): lr <- lr * factor after every `every` steps (an "epoch" of
     500 minibatches there), never below `floor`. Step it every optimizer step."""
     base = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(

@@ -1,4 +1,4 @@
-"""Nonlinearities by name, so configs can pick the released code's or the paper's (PAPER.md 10.1)."""
+"""Nonlinearities by name, so configs can pick the released code's or the paper's (docs/paper.md §10.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The paper's image reverse network (App. D.2.1, Fig. D.1; the released code's regression.py, PAPER.md 5.1-5.3).
+"""The paper's image reverse network (App. D.2.1, Fig. D.1; the released code's regression.py, docs/paper.md §5.1-5.3).
 
     x_t [N, C, H, W] --+-- multi-scale conv pathway: n_layers_conv x MultiScaleConvolution --> [N, F_conv, H, W]
                        +-- dense pathway over the whole image (C*H*W -> ... -> F_dense*H*W)  --> [N, F_dense, H, W]
@@ -94,9 +94,9 @@ class ImageReverseNet(nn.Module):
     """The paper's image network: conv and dense pathways in parallel, merged per pixel, per-pixel dense
     layers, temporal readout. x_t [N, C, H, W], t [N] (1..T) -> [N, n_outputs, C, H, W].
 
-    Keys follow the released DiffusionModel (PAPER.md 5.2). Differences from the released code, on purpose:
+    Keys follow the released DiffusionModel (docs/paper.md §5.2). Differences from the released code, on purpose:
     - the dense pathway has n_layers_dense_lower layers (the released code took its depth from
-      n_layers_conv, a bug, PAPER.md 10.9; set both equal to reproduce it);
+      n_layers_conv, a bug, docs/paper.md §10.9; set both equal to reproduce it);
     - zero_readout=True starts the last per-pixel layer at zero, so the reverse kernel starts as the forward
       kernel's own form (z = 0) and the bound starts near K - L_null = 0; the released code used an
       orthogonal init there too (zero_readout=False);

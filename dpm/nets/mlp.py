@@ -1,4 +1,4 @@
-"""An MLP reverse network for vector data (the Swiss roll, the binary heartbeat), PAPER.md 2.4."""
+"""An MLP reverse network for vector data (the Swiss roll, the binary heartbeat), docs/paper.md §2.4."""
 
 from __future__ import annotations
 

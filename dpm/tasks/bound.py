@@ -1,5 +1,5 @@
 """The bound K over a data split, as evaluate.py and the end of training compute it: per-example K with its
-standard error, eval.json (DESIGN.md contract 3) and a table beside the paper's Table 1, with progress."""
+standard error, eval.json (docs/contracts.md, contract 3) and a table beside the paper's Table 1, with progress."""
 
 from __future__ import annotations
 

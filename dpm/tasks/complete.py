@@ -1,5 +1,5 @@
 """task=complete: given the first k bins of held-out sequences, sample the rest; r a delta on the known bins
-(exact for both kinds, PAPER.md 6.1), as the paper's clamp (complete.particles=1, r_over_t) or by SMC over
+(exact for both kinds, docs/paper.md §6.1), as the paper's clamp (complete.particles=1, r_over_t) or by SMC over
 complete.particles > 1 particles (SMCDiff, Trippe et al. 2022, dpm.core.smc; not in the paper). On the heartbeat, a
 completion is right when it is the one training pattern (or one of those) whose first k bins agree with the
 given ones."""

@@ -1,5 +1,5 @@
 """task=denoise: posterior samples of clean held-out images given y = x0 + sigma_d eps, r = N(x; y, sigma_d^2)
-multiplied exactly into every step (PAPER.md 6.2-6.3; the paper's CIFAR-10 figure uses sigma_d = 1 on images
+multiplied exactly into every step (docs/paper.md §6.2-6.3; the paper's CIFAR-10 figure uses sigma_d = 1 on images
 scaled to unit variance, the released code starts the chain at y)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""task=inpaint: fill a region of held-out images, r a delta on the known pixels (PAPER.md 6.2-6.3; Fig. 5 fills a
+"""task=inpaint: fill a region of held-out images, r a delta on the known pixels (docs/paper.md §6.2-6.3; Fig. 5 fills a
 central square of bark, the released code the left half of each image), as the paper's clamp (inpaint.particles=1,
 r_over_t) or by SMC over inpaint.particles > 1 particles (SMCDiff, Trippe et al. 2022, dpm.core.smc; not in the
 paper)."""
