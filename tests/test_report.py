@@ -7,10 +7,11 @@ import json
 import math
 import shutil
 
+import numpy as np
+
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from dpm.core.bound import mean_and_stderr
 from dpm.sweeps.report import main, report
 from dpm.sweeps.runs import read_run
 from dpm.app.rundir import claim
@@ -91,9 +92,7 @@ def test_groups_average_over_seeds_and_pair_the_differences(sweep):
 
 
 def mean_and_stderr_list(values):
-    import torch
-
-    return mean_and_stderr(torch.tensor(values, dtype=torch.float64))
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))
 
 
 def test_a_finished_job_record_marks_the_run_complete_and_its_time(sweep, tmp_path):

@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from dpm.core.bound import LN2, mean_and_stderr
+from dpm.core.bound import LN2
+from dpm.core.stats import mean_and_stderr
 from dpm.data.heartbeat import HeartbeatDataModule, heartbeat_patterns
 from dpm.data.swiss_roll import SwissRollDataModule
 from dpm.tasks.bound import bound_over_split
@@ -100,7 +101,7 @@ def test_truth_fields_pair_the_differences():
     assert fields["true_log_likelihood_stderr"] == pytest.approx(truth.std().item() / 20)
     assert fields["gap_to_truth"] == pytest.approx((K - truth).mean().item())
     assert fields["gap_to_truth_stderr"] == pytest.approx((K - truth).std().item() / 20)
-    assert fields["gap_to_truth_stderr"] < 0.1 * mean_and_stderr(K)[1]  # pairing removes the shared variation
+    assert fields["gap_to_truth_stderr"] < 0.1 * mean_and_stderr(K, ddof=1)[1]  # pairing removes the shared variation
     with pytest.raises(ValueError, match="same examples"):
         truth_fields(K, truth[:10])
 
@@ -119,7 +120,7 @@ def test_eval_json_sets_K_beside_the_truth_of_the_noisy_swiss_roll(tmp_path):
     dm.setup()
     truth_bits = dm.true_log_likelihood(dm.splits["test"]) / LN2
     assert result["true_log_likelihood"] == pytest.approx(truth_bits.mean().item(), abs=1e-6)
-    assert result["true_log_likelihood_stderr"] == pytest.approx(mean_and_stderr(truth_bits)[1], abs=1e-6)
+    assert result["true_log_likelihood_stderr"] == pytest.approx(mean_and_stderr(truth_bits, ddof=1)[1], abs=1e-6)
     assert result["gap_to_truth"] == pytest.approx(result["K"] - result["true_log_likelihood"], abs=1e-6)
     assert 0 < result["gap_to_truth_stderr"] < result["K_stderr"] + result["true_log_likelihood_stderr"]
     assert result["gap_to_truth"] <= 3 * result["gap_to_truth_stderr"]  # a bound: never above the truth

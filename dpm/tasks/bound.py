@@ -9,7 +9,8 @@ import warnings
 
 import torch
 
-from dpm.core.bound import ESTIMATORS, mean_and_stderr
+from dpm.core.bound import ESTIMATORS
+from dpm.core.stats import mean_and_stderr
 from dpm.errors import ConfigError
 from dpm.data.base import DataModule
 from dpm.core.keyed import Keys
@@ -76,7 +77,7 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
             truth = dm.true_log_likelihood(x0)  # nats per example; None where the density is unknown
             truth = module.to_units(truth) if truth is not None else torch.full_like(K, float("nan"))
             rows.append(torch.stack([index.double(), K.double(), L_null.double(), truth.double().to(K.device)], 1))
-            mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]))
+            mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]), ddof=1)
             bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
     table = torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64, device=device)
     if fabric is not None:
@@ -108,8 +109,8 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     """eval.json's fields from the per-example rows [N, 4] (index, K, L_null, truth; in the reporting unit)."""
     T = module.diffusion.T
     K, L_null, truth = table[:, 1].cpu(), table[:, 2].cpu(), table[:, 3].cpu()
-    K_mean, K_se = mean_and_stderr(K)
-    gain_mean, gain_se = mean_and_stderr(K - L_null)
+    K_mean, K_se = mean_and_stderr(K, ddof=1)
+    gain_mean, gain_se = mean_and_stderr(K - L_null, ddof=1)
     K_bpd = K_mean * dm.units_per_example / math.prod(dm.data_shape)
     result = {
         "dataset": dm.name, "diffusion": module.diffusion.kind, "T": T, "split": split,

@@ -11,7 +11,8 @@ from omegaconf import DictConfig
 
 from dpm.figures.parzen import parzen_figure
 from dpm.core.paper import TABLE2_MNIST_BITS
-from dpm.core.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
+from dpm.core.parzen import choose_sigma, parzen_log_likelihood, sigma_grid
+from dpm.core.stats import mean_and_stderr
 from dpm.io.progress import Progress
 from dpm.tasks import common
 
@@ -65,7 +66,7 @@ def estimate(kernel_points: torch.Tensor, val: torch.Tensor, test: torch.Tensor,
     sigma, curve = choose_sigma(val.to(device), kernel_points, s["sigmas"].to(device), chunk_x=s["chunk"],
                                 on_step=bar.update)
     ll = parzen_log_likelihood(test.to(device), kernel_points, sigma, chunk_x=s["chunk"], on_step=bar.update)[0]
-    mean, se = mean_and_stderr(ll)
+    mean, se = mean_and_stderr(ll, ddof=0)  # ddof 0: Goodfellow et al.'s estimator, `ll.std() / numpy.sqrt(N)`
     return {"sigma": sigma, "ll_nats": mean, "ll_nats_stderr": se, "ll_bits": mean / LN2,
             "ll_bits_stderr": se / LN2, "val_curve": curve.cpu(), "ll": ll.cpu()}
 
