@@ -8,7 +8,6 @@ import math
 import shutil
 
 import numpy as np
-
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 

@@ -27,7 +27,8 @@ ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "lr_scheduler": (("dpm.model.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
     "trainer": (("lightning.pytorch.",), "lightning.pytorch.Trainer"),
     "trainer.strategy": (("lightning.pytorch.strategies.",), "lightning.pytorch.strategies.Strategy"),
-    "callbacks": (("lightning.pytorch.callbacks.", "dpm.model.callbacks."), "lightning.pytorch.Callback"),
+    "callbacks": (("lightning.pytorch.callbacks.", "dpm.model.callbacks.", "dpm.figures.callbacks."),
+                  "lightning.pytorch.Callback"),
     "logger": (("lightning.pytorch.loggers.",), "lightning.pytorch.loggers.Logger"),
 }
 # Plain functions that return an allowed object (a learning-rate schedule).

@@ -14,6 +14,7 @@ from dpm.core.paper import TABLE2_MNIST_BITS
 from dpm.core.parzen import choose_sigma, parzen_log_likelihood, sigma_grid
 from dpm.core.stats import mean_and_stderr
 from dpm.io.progress import Progress
+from dpm.model.sampling import sample
 from dpm.tasks import common
 
 LN2 = math.log(2.0)
@@ -48,15 +49,9 @@ def pixels(dm, x: torch.Tensor) -> torch.Tensor:
 
 def draw_samples(module, dm, n: int, batch: int, seed: int, enabled: bool) -> torch.Tensor:
     """n model samples as pixel values in [0, 1] (x * scale + shift, clipped), [n, C, H, W] float32 on the CPU."""
-    diffusion, device = module.diffusion, module.device
-    g = torch.Generator(device=device).manual_seed(seed)
-    sizes = [min(batch, n - start) for start in range(0, n, batch)]
-    out = []
-    with Progress(diffusion.T * len(sizes), f"parzen: {n} samples", unit="step", enabled=enabled) as bar:
-        for size in sizes:
-            x0, _ = diffusion.sample(module.net, (size, *dm.data_shape), g, device, on_step=bar.update)
-            out.append(dm.denormalize(x0.float()).clamp(0, 1).cpu())
-    return torch.cat(out)
+    g = torch.Generator(device=module.device).manual_seed(seed)
+    x0, _ = sample(module, (n, *dm.data_shape), g, f"parzen: {n} samples", enabled, batch=batch)
+    return dm.denormalize(x0.float()).clamp(0, 1).cpu()
 
 
 def estimate(kernel_points: torch.Tensor, val: torch.Tensor, test: torch.Tensor, s: dict, bar: Progress,
