@@ -179,6 +179,8 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "T": _int(2),
     "seed": _int(0),
     "val_n_t": _int(1),
+    "test_n_t": _int(1),
+    "test_exact_max_T": _int(0),
     "dataset.batch_size": _int(1),
     "dataset.eval_batch_size": _int(1),
     "dataset.num_workers": _int(0),
@@ -214,10 +216,8 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "callbacks.figure.every_n_val": _int(0),
     "progress_bar_every": _int(1),
 }
-EVAL_RULES: dict[str, Callable[[Any], str | None]] = {
-    "n_t": _int(1),
-    "batch_size": _int(1),
-    "limit": _int(1, allow=(None,)),
+EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks
+    "batch_size": _int(1),                                # its own: dpm.tasks)
     "seed": _int(0),
 }
 DEVICE_VALUES = "a positive integer, a list of device indices, or 'auto'"

@@ -49,8 +49,7 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
             "over_t": common.check_r_over_t(cfg, ("constant", "tempered"))}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     diffusion, shape = module.diffusion, (s["n"], 2)
     log_r = half_plane_log_r(s["normal"].to(device), s["offset"], s["width"])
     perturb = perturbation(diffusion, [SmoothR(log_r)], s["over_t"])

@@ -35,8 +35,7 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
             "over_t": common.check_r_over_t(cfg, ("constant", "tempered"))}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     diffusion, k = module.diffusion, s["n_samples"]
     x0 = common.held_out(dm, cfg.split, s["n"], "denoise.n").to(device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)

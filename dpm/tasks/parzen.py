@@ -66,8 +66,7 @@ def estimate(kernel_points: torch.Tensor, val: torch.Tensor, test: torch.Tensor,
             "ll_bits_stderr": se / LN2, "val_curve": curve.cpu(), "ll": ll.cpu()}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     enabled = cfg.get("progress", True)
     samples = draw_samples(module, dm, s["n_samples"], s["batch"], cfg.seed, enabled)
     val, test = pixels(dm, dm.splits["val"][: s["n_val"]]), pixels(dm, dm.splits["test"][: s["n_test"]])
