@@ -22,7 +22,7 @@ from tests.helpers import hydra_job_config
 
 TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false", "T=6",
         "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=48", "dataset.batch_size=32", "dataset.noise=0.5",
-        "callbacks=none", "test_at_end=false"]  # K from an eval subdirectory or metrics.csv, as in older runs
+        "callbacks=minimal", "test_at_end=false"]  # K from an eval subdirectory or metrics.csv, as in older runs
 GRID = [("false", 0), ("false", 1), ("true", 0), ("true", 1)]  # schedule.learned x seed
 
 

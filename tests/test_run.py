@@ -152,7 +152,7 @@ def straight_8(tmp_path_factory):
     return out / "checkpoints" / "last.ckpt"
 
 
-RESUME_BASE = TINY + ["trainer.val_check_interval=2", "callbacks=none", "logger=none", "test_at_end=false"]
+RESUME_BASE = TINY + ["trainer.val_check_interval=2", "callbacks=minimal", "logger=none", "test_at_end=false"]
 
 
 @pytest.mark.parametrize("stop", [2, 3, 4, 5], ids=["at-a-validation", "mid-epoch", "epoch-boundary", "mid-epoch-2"])

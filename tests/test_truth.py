@@ -108,7 +108,7 @@ def test_truth_fields_pair_the_differences():
 
 TINY = ["trainer.max_steps=30", "trainer.val_check_interval=30", "trainer.enable_progress_bar=false",
         "dataset.n_train=512", "dataset.n_val=64", "dataset.n_test=200", "dataset.batch_size=128", "T=10",
-        "callbacks=none", "logger=none"]
+        "callbacks=minimal", "logger=none"]
 
 
 def test_eval_json_sets_K_beside_the_truth_of_the_noisy_swiss_roll(tmp_path):
@@ -148,7 +148,7 @@ def test_no_truth_keys_where_the_density_is_unknown(tmp_path):
 def test_trained_model_on_the_noisy_roll_stays_below_the_truth(tmp_path):
     """A few thousand steps: K approaches the truth but is never above it by more than 3 paired standard errors."""
     train(compose(["dataset.noise=0.5", "trainer.max_steps=3000", "trainer.val_check_interval=3000",
-                   "trainer.enable_progress_bar=false", "callbacks=none", "logger=none"]), tmp_path / "run")
+                   "trainer.enable_progress_bar=false", "callbacks=minimal", "logger=none"]), tmp_path / "run")
     evaluate(compose([f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "limit=2000"],
                      config_name="evaluate"), tmp_path / "eval")
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
