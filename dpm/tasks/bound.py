@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-
 from pathlib import Path
 
 import torch
@@ -31,9 +30,9 @@ def check(cfg: DictConfig, dm: DataModule, diffusion) -> dict:
     if estimator not in ESTIMATORS:
         raise ConfigError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     T = diffusion.T
-    if isinstance(n_t, bool) or not isinstance(n_t, int) or (estimator == "mc" and not 1 <= n_t <= T - 1):
-        raise ConfigError(f"n_t={n_t!r} is invalid: an integer, between 1 and T - 1 = {T - 1} draws of t per "
-                          "example for estimator=mc")
+    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1 or (estimator == "mc" and n_t > T - 1):
+        raise ConfigError(f"n_t={n_t!r} is invalid: the draws of t per example for estimator=mc, an integer "
+                          f"between 1 and T - 1 = {T - 1}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit={limit!r} is invalid: a positive number of examples, or null for the whole split")
     return {"estimator": estimator, "n_t": n_t, "limit": limit}
