@@ -29,14 +29,6 @@ def test_train_then_evaluate(tmp_path):
     assert "2.350" in ev.stdout  # the paper's Table 1 value printed beside ours
 
 
-def test_bad_input_names_the_key_and_choices(tmp_path):
-    """(T < 2, unreadable checkpoints and the rest are covered in-process in test_run.py.)"""
-    bad = run("train.py", "dataset=nosuchdata", f"hydra.run.dir={tmp_path}")
-    assert bad.returncode != 0 and "Available options in 'dataset'" in bad.stderr and "swiss_roll" in bad.stderr
-    bad = run("evaluate.py", f"hydra.run.dir={tmp_path}")
-    assert bad.returncode != 0 and "ckpt_path is required" in bad.stderr
-
-
 @pytest.mark.slow
 def test_multirun_sweep_over_schedules(tmp_path):
     sweep = run("train.py", "-m", "schedule=sd2015,linear,cosine,learned", *TINY, f"hydra.sweep.dir={tmp_path}")

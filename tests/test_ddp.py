@@ -107,7 +107,7 @@ def roll_ckpt(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("roll")
     train(compose(["trainer.max_steps=30", "trainer.val_check_interval=30", "dataset.n_train=512",
-                   "dataset.n_val=101", "dataset.n_test=101", "dataset.batch_size=64", "T=12", "callbacks=none",
+                   "dataset.n_val=101", "dataset.n_test=101", "dataset.batch_size=64", "T=12", "callbacks=minimal",
                    "logger=none", "test_at_end=false", "trainer.enable_progress_bar=false"]), out)
     return out / "checkpoints" / "last.ckpt"
 
@@ -186,7 +186,7 @@ def test_resume_on_2_ranks_reproduces_the_uninterrupted_run(tmp_path):
     """8 steps on 2 gloo processes == 5 steps (stopped mid-epoch) + 3 resumed, weights bit for bit: each rank's
     keyed draws and its data shard continue where they stopped."""
     args = [a for a in DDP if not a.startswith(("trainer.val_check_interval", "callbacks."))] + [
-        "trainer.val_check_interval=2", "test_at_end=false", "callbacks=none", "logger=none"]
+        "trainer.val_check_interval=2", "test_at_end=false", "callbacks=minimal", "logger=none"]
 
     def train(out: Path, *extra: str) -> Path:
         proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={out}", *extra], cwd=ROOT,

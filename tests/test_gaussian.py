@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from dpm.core.bound import K_per_example, mean_and_stderr
+from dpm.core.bound import K_per_example
+from dpm.core.stats import mean_and_stderr
 from dpm.core.gaussian import GaussianDiffusion, normal_kl
 from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet, random_mlp
@@ -50,7 +51,7 @@ def test_isotropic_model_gives_K_equal_L_null_on_standard_normal_data():
     d = diffusion("sd2015", T=60)
     x0 = torch.randn(2000, 2, dtype=torch.float64)
     K = K_per_example(d, ConstantNet(2), x0, "exact")
-    gain, se = mean_and_stderr(K - d.L_null(x0))
+    gain, se = mean_and_stderr(K - d.L_null(x0), ddof=1)
     assert abs(gain) < 3 * se, (gain, se)
     # and it is not trivially zero: a perturbed mean costs bits
     K_bad = K_per_example(d, ConstantNet(2, 0.5), x0, "exact")
@@ -101,10 +102,10 @@ def test_exact_and_mc_estimators_agree():
     with torch.no_grad():
         exact = K_per_example(d, net, x0, "exact")
         mc = K_per_example(d, net, x0, "mc", n_t=5)
-    (m_e, se_e), (m_m, se_m) = mean_and_stderr(exact), mean_and_stderr(mc)
+    (m_e, se_e), (m_m, se_m) = mean_and_stderr(exact, ddof=1), mean_and_stderr(mc, ddof=1)
     assert abs(m_e - m_m) < 3 * math.hypot(se_e, se_m)
     # the same examples: the paired difference is a sharper test of the mc weighting
-    diff, se_d = mean_and_stderr(mc - exact)
+    diff, se_d = mean_and_stderr(mc - exact, ddof=1)
     assert abs(diff) < 4 * se_d
     assert se_m > se_e  # drawing t adds variance
 

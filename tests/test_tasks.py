@@ -244,7 +244,7 @@ def test_mask_file_of_the_wrong_shape(digits, tmp_path):
 def test_evaluate_dispatches_the_tasks(tmp_path):
     tiny = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
             "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=64", "T=6",
-            "callbacks=none", "logger=none"]
+            "callbacks=minimal", "logger=none"]
     train(compose(tiny), tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ev = compose([f"ckpt_path={ckpt}", "task=constrain", "progress=false", "constrain.n=50"],
