@@ -55,10 +55,28 @@ def test_evaluate_restores_everything_from_the_checkpoint(trained, compose_cfg, 
     assert saved["K_bits_per_dim"] == pytest.approx(saved["K"] / 2)
 
 
-def test_sample_task_writes_a_figure(trained, compose_cfg, tmp_path):
+def test_sample_task_draws_the_checkpoints_samples_at_its_seed(trained, compose_cfg, tmp_path):
+    """task=sample's figure, pixel for pixel, is the figure of the checkpoint's own weights at seed=3; another seed
+    or other weights give other pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from dpm.app.build import restore
+    from dpm.figures import draw
+
     _, out, _ = trained
-    evaluate(eval_cfg(compose_cfg, out / "checkpoints" / "last.ckpt", "task=sample"), tmp_path)
-    assert (tmp_path / "samples.png").stat().st_size > 1000
+    ckpt = out / "checkpoints" / "last.ckpt"
+    evaluate(eval_cfg(compose_cfg, ckpt, "task=sample", "seed=3"), tmp_path / "task")
+    dm, module, _ = restore(load_checkpoint(ckpt), "raw")
+    dm.setup()
+    pixels = lambda path: np.asarray(Image.open(path).convert("RGB"))
+    figure = pixels(tmp_path / "task" / "samples.png")
+    assert np.array_equal(figure, pixels(draw(module, dm, tmp_path / "same.png", seed=3)))
+    assert not np.array_equal(figure, pixels(draw(module, dm, tmp_path / "seed4.png", seed=4)))
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.mul_(0.5)
+    assert not np.array_equal(figure, pixels(draw(module, dm, tmp_path / "other.png", seed=3)))
 
 
 def test_a_checkpoint_of_the_flat_layout_still_loads(trained, compose_cfg, tmp_path):
