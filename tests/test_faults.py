@@ -308,7 +308,6 @@ def test_signal_writes_last_ckpt_and_exits_nonzero(tmp_path, sig, code):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
 def test_interrupted_evaluation_writes_nothing(tmp_path):
     out = run("train.py", *TINY, "dataset.n_test=3000", "test_at_end=false", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 0, out.stderr[-3000:]
