@@ -336,7 +336,7 @@ def test_dequantization_width(mode):
     assert u.abs().max().item() <= w / 2 + 1e-6
     if w:  # U(-w/2, w/2): variance w^2 / 12
         assert abs(u.double().var().item() / (w * w / 12) - 1) < 0.05
-        assert dm.nll_bits_per_dim_8bit(0.0) is not None
+        assert dm.nll_bits_per_dim_8bit(0.0) == pytest.approx(-math.log2(w))  # -log2 w - K at K = 0
     else:
         assert torch.equal(u, torch.zeros_like(u)) and dm.nll_bits_per_dim_8bit(0.0) is None
 

@@ -1,6 +1,7 @@
 """dpm.app.train end to end on the Swiss roll with a tiny budget: train, checkpoint, resume, evaluate, bad input
 (unreadable checkpoints and every other refused setting: tests/test_faults.py)."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -35,8 +36,13 @@ def test_train_writes_the_run_directory(trained):
     cfg, out, metrics = trained
     assert (out / "checkpoints" / "last.ckpt").is_file()
     assert (out / "config.yaml").is_file() and (out / "samples.png").is_file()
-    assert (out / "logs" / "metrics.csv").is_file()
-    assert "val/K" in metrics
+    rows = list(csv.DictReader(open(out / "logs" / "metrics.csv")))
+    val = [r for r in rows if r["val/K"]]
+    assert [int(r["step"]) for r in val] == [2, 5]  # a validation every 3 of the 6 steps (logged 0-based)
+    assert metrics["val/K"] == pytest.approx(float(val[-1]["val/K"]))  # what train returns is the last one
+    test_row = next(r for r in rows if r["test/K"])
+    assert metrics["test/K"] == pytest.approx(float(test_row["test/K"]))
+    assert json.loads((out / "eval.json").read_text())["K"] == pytest.approx(metrics["test/K"])
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")  # weights_only=True
     assert ckpt["global_step"] == 6 and ckpt["dpm_config"]["T"] == 8
 
