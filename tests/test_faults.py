@@ -187,8 +187,8 @@ CASES += [
 ]
 # Hydra itself refuses these while composing, before dpm's code runs: only a subprocess shows their exit code.
 COMPOSED_BY_HYDRA = {"unknown dataset", "unknown key overridden"}
-# One subprocess each for a refused checkpoint (train.py and evaluate.py) in the default suite; the other cases run through dpm.app.cli.main in-process below (the same code after Hydra's composition)
-# and through a subprocess only under -m slow.
+# One subprocess each for a refused checkpoint (train.py and evaluate.py) in the default suite; the other cases run
+# through dpm.app.cli.main in-process below (the same code after Hydra's composition), by subprocess under -m slow.
 SUBPROCESS_BY_DEFAULT = {"pickle bomb resumed, env forcing unsafe loads", "evaluate a crafted checkpoint"}
 NO_WEIGHTS_ONLY = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # must not lift the checkpoint's weights_only=True
 
