@@ -159,6 +159,7 @@ def test_short_training_run_reports_bits_per_sequence_and_stays_below_the_truth(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_trained_model_bound_and_samples(tmp_path):
     """A few minutes of the CPU default's training: near the truth, never above it, samples are the patterns."""
     result, ckpt = train_and_evaluate(tmp_path, ["trainer.max_steps=8000", "trainer.val_check_interval=4000"], 1000)

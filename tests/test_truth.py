@@ -145,6 +145,7 @@ def test_no_truth_keys_where_the_density_is_unknown(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_trained_model_on_the_noisy_roll_stays_below_the_truth(tmp_path):
     """A few thousand steps: K approaches the truth but is never above it by more than 3 paired standard errors."""
     train(compose(["dataset.noise=0.5", "trainer.max_steps=3000", "trainer.val_check_interval=3000",
