@@ -12,6 +12,7 @@ from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
 from dpm.app.rundir import claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import processes_cleaned_up
+from dpm.app.trust import TASK_SIGNATURE, is_trusted, trusted_packages, trusted_task
 from dpm.core.bound import ESTIMATORS
 from dpm.data.base import SPLITS, DataModule
 from dpm.errors import ConfigError
@@ -27,8 +28,12 @@ TASKS = ("bound", "sample", *POSTERIOR_TASKS)
 
 def check_eval_config(cfg: DictConfig) -> None:
     """evaluate.py's own settings, before the checkpoint is read."""
+    if cfg.task not in TASKS and not is_trusted(str(cfg.task), trusted_packages(cfg)):
+        raise ConfigError(f"task={cfg.task!r} is unknown; valid choices: {list(TASKS)}, or your own task module "
+                          "in a package you trust: task=mypkg.mytask trust=[mypkg] (it defines "
+                          f"{TASK_SIGNATURE})")
     if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task!r} is unknown; valid choices: {list(TASKS)}")
+        trusted_task(str(cfg.task), trusted_packages(cfg))  # its contract, before the checkpoint is read
     if cfg.estimator not in ESTIMATORS:
         raise ConfigError(f"estimator={cfg.estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     if cfg.split not in SPLITS:
@@ -84,8 +89,9 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     check_eval_config(cfg)
     device = eval_device(cfg.device)
     fabric = fabric_for_devices(cfg)
-    ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
-    dm, module, weights = restore(ckpt, cfg.weights)
+    trusted = trusted_packages(cfg)
+    ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, trusted=trusted)
+    dm, module, weights = restore(ckpt, cfg.weights, trusted)
     rank0 = global_rank_from_env() == 0
     if rank0:  # processes Fabric starts later write nothing of their own
         claim(out_dir, "evaluation")
@@ -102,6 +108,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
         return {"figure": str(path)}
     if cfg.task in POSTERIOR_TASKS:  # inpaint, denoise, complete, constrain, parzen (dpm.tasks)
         return POSTERIOR_TASKS[cfg.task](module, dm, cfg, out_dir, device)
+    if cfg.task not in TASKS:  # the user's own, from a trusted package (dpm.app.trust)
+        result = trusted_task(cfg.task, trusted)(module, dm, cfg, out_dir, device)
+        if not isinstance(result, dict):
+            raise ConfigError(f"task={cfg.task!r} breaks the task contract: {TASK_SIGNATURE}, but it returned a "
+                              f"{type(result).__name__}")
+        return result
     return _bound(cfg, module, dm, weights, device, out_dir)
 
 
