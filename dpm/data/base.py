@@ -109,11 +109,11 @@ class DataModule(L.LightningDataModule):
         [N, 2] "points2d", any other "pairs" (pairwise scatter plots of a few coordinates)."""
         if self.figure_kind:
             return self.figure_kind
-        train = self.splits["train"] if self.splits else None
-        shape = self.data_shape
+        shape = self.data_shape  # sets the splits up
+        train = self.splits["train"]
         if len(shape) == 3:
             return "image"
-        if len(shape) == 1 and train is not None and bool(((train == 0) | (train == 1)).all()):
+        if len(shape) == 1 and bool(((train == 0) | (train == 1)).all()):
             return "sequence"
         return "points2d" if shape == (2,) else "pairs"
 
