@@ -11,10 +11,12 @@ from typing import Any
 from filelock import FileLock
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpm.app.checkpoint import WEIGHTS
-from dpm.app.checks import check_keys, check_train_config
+from dpm.app.checks import _locate, check_keys, check_train_config
+from dpm.app.contracts import check_datamodule_class, check_net, check_net_class, check_splits
+from dpm.app.trust import TRUST_KEY
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 from dpm.model.module import DiffusionModule
@@ -24,8 +26,7 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     """The data module (set up) and the LightningModule a config describes."""
     check_train_config(cfg)
     dm: DataModule = _build("dataset", cfg.dataset)
-    schedule = _build("schedule", cfg.schedule, T=cfg.T)
-    diffusion = _build("diffusion", cfg.diffusion, schedule=schedule)
+    check_datamodule_class(dm)
     if datamodule_state is not None:
         dm.load_state_dict(datamodule_state)
     # Processes started together (torchrun, SLURM) would race on a download or a cache: one at a time; the
@@ -35,8 +36,17 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     with FileLock(Path(tempfile.gettempdir()) / f"dpm-prepare-{key}.lock"):
         dm.prepare_data()
     dm.setup()
-    diffusion.check_data(dm.splits["train"])
+    check_splits(dm)
+    cfg = with_fitted_prior(cfg, dm)
+    schedule = _build("schedule", cfg.schedule, T=cfg.T)
+    diffusion = _build("diffusion", cfg.diffusion, schedule=schedule)
+    try:
+        diffusion.check_data(dm.splits["train"])
+    except ValueError as err:
+        raise ConfigError(f"{dm.origin}: {err}") from None
+    check_net_class(_locate(cfg.net._target_))
     net = _build("net", cfg.net, data_shape=dm.data_shape, n_outputs=diffusion.n_outputs, T=cfg.T)
+    check_net(net, diffusion.n_outputs, dm, cfg.T)
     module = DiffusionModule(
         net, diffusion, optimizer=_build("optimizer", cfg.optimizer),
         lr_scheduler=_build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
@@ -62,6 +72,18 @@ def _build(node: str, sub: DictConfig, **kwargs: Any) -> Any:
         raise ConfigError(message) from cause
 
 
+def with_fitted_prior(cfg: DictConfig, dm: DataModule) -> DictConfig:
+    """cfg with a binomial prior given as diffusion.p=null fitted to the data: the training split's mean activity
+    (the heartbeat's B(0.2) is its data's, docs/paper.md §7.2), kept inside (0, 1), recorded in the run's config."""
+    if "p" not in cfg.diffusion or cfg.diffusion.p is not None:
+        return cfg
+    p = min(max(dm.splits["train"].double().mean().item(), 1e-3), 1 - 1e-3)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.diffusion.p = p
+    return cfg
+
+
 def checkpoint_config(ckpt: dict) -> Any:
     """The checkpoint's run config as a DictConfig, its keys checked against the constructors."""
     cfg = OmegaConf.create(ckpt["dpm_config"])
@@ -69,12 +91,15 @@ def checkpoint_config(ckpt: dict) -> Any:
     return cfg
 
 
-def restore(ckpt: dict, weights: str = "auto"):
-    """Rebuild data module and model from a checkpoint (checked by load_checkpoint); returns (dm, module,
-    which weights were loaded)."""
+def restore(ckpt: dict, weights: str = "auto", trusted: tuple[str, ...] = ()):
+    """Rebuild data module and model from a checkpoint (checked by load_checkpoint with the same `trusted`, the
+    packages the command trusts: the checkpoint's own record of what it trusted is never used); returns (dm,
+    module, which weights were loaded)."""
     if weights not in WEIGHTS:
         raise ConfigError(f"weights={weights!r} is unknown; valid choices: {list(WEIGHTS)}")
     cfg = checkpoint_config(ckpt)
+    with open_dict(cfg):
+        cfg[TRUST_KEY] = list(trusted)
     dm_state = next((v for k, v in ckpt.items() if k.endswith("DataModule")), None)
     dm, module = build(cfg, dm_state)
     has_ema = "current_model_state" in ckpt  # Lightning's EMAWeightAveraging keeps the raw weights there

@@ -48,8 +48,9 @@ def renamed_targets(node: Any) -> Any:
     return node
 
 
-def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict:
-    """A dpm checkpoint as a dict, with a clear error for a missing, unreadable, foreign or unsafe file."""
+def load_checkpoint(path: str | Path | None, key: str = "ckpt_path", trusted: tuple[str, ...] = ()) -> dict:
+    """A dpm checkpoint as a dict, with a clear error for a missing, unreadable, foreign or unsafe file.
+    `trusted`: the packages the command (never the checkpoint) trusts (dpm.app.trust)."""
     if path is None or str(path) in ("", "???"):
         raise ConfigError(f"{key} is required: python evaluate.py {key}=outputs/<date>/<time>/checkpoints/last.ckpt")
     path = Path(path)
@@ -65,7 +66,7 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path") -> dict:
         raise ConfigError(f"{key}={path} is not a dpm checkpoint (no dpm_config / state_dict in it)")
     ckpt["dpm_config"] = renamed_targets(ckpt["dpm_config"])
     try:
-        check_targets(ckpt["dpm_config"], source=f"the checkpoint {path}")
+        check_targets(ckpt["dpm_config"], source=f"the checkpoint {path}", trusted=tuple(trusted))
     except ConfigError as err:
         raise ConfigError(f"{err} Nothing from this checkpoint was built.") from None
     return ckpt

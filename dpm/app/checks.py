@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dpm.app.trust import how_to_trust, is_trusted, trusted_packages
 from dpm.errors import ConfigError
 
 
@@ -50,14 +51,18 @@ def _locate(path: str) -> Any:
     raise ImportError(path)
 
 
-def check_targets(cfg: DictConfig | dict, source: str = "the config") -> None:
+def check_targets(cfg: DictConfig | dict, source: str = "the config", trusted: tuple[str, ...] | None = None
+                  ) -> None:
     """Refuse any `_target_` outside ALLOWED_TARGETS before anything is instantiated.
 
     Every `_target_` anywhere in cfg must sit at one of the known nodes (dataset, net, ..., callbacks.<name>,
-    logger.<name>), start with that node's allowed prefixes, and name a subclass of its base (or one of
-    ALLOWED_FUNCTIONS). Nothing outside those packages is imported.
+    logger.<name>), start with that node's allowed prefixes or lie in a trusted package (dpm.app.trust), and name
+    a subclass of its base (or one of ALLOWED_FUNCTIONS). Nothing outside those packages is imported. `trusted`:
+    the packages the command trusts (for a checkpoint's config); None takes cfg's own `trust`.
     """
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
+    from_checkpoint = trusted is not None
+    trusted = trusted_packages(cfg) if trusted is None else trusted
     allowed_paths = {}
     for node, rule in ALLOWED_TARGETS.items():
         sub = cfg.get(node) if isinstance(cfg, DictConfig) else None
@@ -72,8 +77,9 @@ def check_targets(cfg: DictConfig | dict, source: str = "the config") -> None:
         if rule is None:
             raise ConfigError(f"{where} is refused: only the nodes {sorted(ALLOWED_TARGETS)} may name a _target_.")
         prefixes, base_path = rule
-        if not isinstance(target, str) or not target.startswith(prefixes):
-            raise ConfigError(f"{where} is refused: {key} may only name classes under {list(prefixes)}.")
+        if not isinstance(target, str) or not (target.startswith(prefixes) or is_trusted(target, trusted)):
+            raise ConfigError(f"{where} is refused: {key} may only name classes under {list(prefixes)} or in a "
+                              f"trusted package.{how_to_trust(target, trusted, from_checkpoint)}")
         try:
             obj = _locate(target)
         except (ImportError, AttributeError) as err:

@@ -12,15 +12,17 @@ from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
 from dpm.app.rundir import claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import processes_cleaned_up
+from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
 from dpm.data.base import SPLITS
 from dpm.errors import ConfigError
-from dpm.tasks import TASKS
+from dpm.tasks import TASKS, Task
 
 
 def check_eval_config(cfg: DictConfig) -> None:
-    """The settings evaluate.py's tasks share, before the checkpoint is read (each task checks its own, dpm.tasks)."""
-    if cfg.get("task") not in TASKS:
-        raise ConfigError(f"task={cfg.get('task')!r} is unknown; valid choices: {list(TASKS)}")
+    """The settings evaluate.py's tasks share, before the checkpoint is read (each task checks its own, dpm.tasks;
+    task=own checks that its module is trusted and meets the task contract)."""
+    if cfg.get("task") != OWN and cfg.get("task") not in TASKS:
+        raise ConfigError(f"task={cfg.get('task')!r} is unknown; valid choices: {[*TASKS, OWN]}")
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is unknown; valid choices: {list(SPLITS)}")
     if cfg.weights not in WEIGHTS:
@@ -73,11 +75,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     out_dir must not hold earlier results."""
     out_dir = Path(out_dir)
     check_eval_config(cfg)
-    task = TASKS[cfg.task]
+    task = own_task(cfg) if cfg.task == OWN else TASKS[cfg.task]
     device = eval_device(cfg.device)
     fabric = fabric_for_devices(cfg)
-    ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
-    dm, module, weights = restore(ckpt, cfg.weights)
+    trusted = trusted_packages(cfg)
+    ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, trusted=trusted)
+    dm, module, weights = restore(ckpt, cfg.weights, trusted)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.weights = weights  # the weights loaded (auto resolved), as the results record them
@@ -93,3 +96,25 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
             return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
                             fabric=fabric)
     return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
+
+
+OWN = "own"  # task=own own.module=mypkg.mytask trust=[mypkg] (conf/task/own.yaml)
+
+
+def own_task(cfg: DictConfig) -> Task:
+    """The user's task module (own.module, in a package named by trust) as a Task: its run checked against
+    TASK_SIGNATURE before the checkpoint is read, its result checked to be a dict."""
+    name = OmegaConf.select(cfg, "own.module", throw_on_missing=False)
+    if not isinstance(name, str) or OmegaConf.is_missing(cfg.own, "module"):
+        raise ConfigError("task=own needs own.module=<your task module>, e.g. task=own own.module=mypkg.mytask "
+                          f"trust=[mypkg] (the module defines {TASK_SIGNATURE})")
+    run = trusted_task(name, trusted_packages(cfg))
+
+    def run_checked(module, dm, cfg, out_dir, device, settings) -> dict:
+        result = run(module, dm, cfg, out_dir, device)
+        if not isinstance(result, dict):
+            raise ConfigError(f"own.module={name!r} breaks the task contract: {TASK_SIGNATURE}, but its run "
+                              f"returned a {type(result).__name__}")
+        return result
+
+    return Task(check=lambda cfg, dm, diffusion: {}, run=run_checked)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from dpm.app.checks import _locate
 from dpm.errors import ConfigError
 
-# Keys (or key prefixes) a resumed run may change; every other difference is refused.
+# Keys (or key prefixes) a resumed run may change; every other difference is refused. Where the data live may
+# change too: the keys the checkpoint's data set names in its `location_keys` (dpm.data.base.DataModule).
 MUTABLE = ("optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "val_n_t", "compile", "tf32", "ckpt_path",
-           "out_dir", "progress", "progress_bar_every", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link", "dataset.batch_size", "dataset.eval_batch_size",
-           "dataset.num_workers", "dataset.data_dir", "dataset.folder", "dataset.download")
+           "out_dir", "progress", "progress_bar_every", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link",
+           "trust", "dataset.batch_size", "dataset.eval_batch_size", "dataset.num_workers")
 FIXED_WITHIN_MUTABLE = ("optimizer._target_",)  # another optimizer's state cannot be continued
+FITTED = ("diffusion.p",)  # null means "fitted to the data" (dpm.app.build): the checkpoint holds the fitted value
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -41,15 +44,27 @@ def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
     return [(k, a.get(k, absent), b.get(k, absent)) for k in sorted(set(a) | set(b)) if a.get(k, absent) != b.get(k, absent)]
 
 
-def is_mutable(key: str) -> bool:
-    """key is one of MUTABLE or below one of them (and not one of FIXED_WITHIN_MUTABLE)."""
-    return key not in FIXED_WITHIN_MUTABLE and any(key == m or key.startswith(m + ".") for m in MUTABLE)
+def location_keys(cfg: dict) -> tuple[str, ...]:
+    """dataset.<key> for each key the config's data set class names as saying where its data live."""
+    target = (cfg.get("dataset") or {}).get("_target_")
+    try:
+        keys = _locate(target).location_keys if isinstance(target, str) else ()
+    except (ImportError, AttributeError):
+        keys = ()
+    return tuple(f"dataset.{k}" for k in keys)
+
+
+def is_mutable(key: str, also: tuple[str, ...] = ()) -> bool:
+    """key is one of MUTABLE (or `also`) or below one of them (and not one of FIXED_WITHIN_MUTABLE)."""
+    return key not in FIXED_WITHIN_MUTABLE and any(key == m or key.startswith(m + ".") for m in MUTABLE + also)
 
 
 def check_resume(old: dict, new: dict, ckpt_path: str) -> list[tuple[str, Any, Any]]:
-    """Refuse changes to what defines the model and data; return the changes that will be applied."""
-    diffs = differences(old, new)
-    refused = [d for d in diffs if not is_mutable(d[0])]
+    """Refuse changes to what defines the model and data; return the changes that will be applied. old's
+    targets were checked (load_checkpoint) before its data set class is looked up here."""
+    diffs = [d for d in differences(old, new) if not (d[0] in FITTED and d[2] is None)]
+    also = location_keys(old)
+    refused = [d for d in diffs if not is_mutable(d[0], also)]
     if refused:
         lines = "; ".join(f"{k}: {o!r} in the checkpoint, {n!r} now" for k, o, n in refused[:12])
         more = f" (and {len(refused) - 12} more)" if len(refused) > 12 else ""

@@ -20,6 +20,7 @@ from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config
 from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
+from dpm.app.trust import trusted_packages
 from dpm.app.trainer import _children, check_data_fits, make_callbacks, processes_cleaned_up, trainer_settings
 from dpm.data.base import DataModule
 from dpm.errors import Interrupted, RunFailed
@@ -39,7 +40,7 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     ckpt_path = cfg.get("ckpt_path")
     changes, start_step = [], 0
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, trusted=trusted_packages(cfg))
         new = OmegaConf.to_container(cfg, resolve=True)
         changes = check_resume(ckpt["dpm_config"], new, str(ckpt_path))
         start_step = int(ckpt.get("global_step", 0))

@@ -74,6 +74,7 @@ class BarkDataModule(ImageDataModule):
     """
 
     name = "bark"
+    location_keys = ("folder",)
     n_levels = 256
 
     def __init__(self, folder: str | None = None, glob: str = "**/*", patch_size: int = 32, n_train: int = 50000,

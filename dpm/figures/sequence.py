@@ -28,7 +28,7 @@ def forward_trajectory(diffusion, x0: torch.Tensor, times: list[int], generator:
 def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 20, n_times: int = 21,
              progress: bool = False) -> Path:
     """Four panels: training sequences; samples of the model (titled with the fraction of the n samples that are
-    one of the training patterns); one forward trajectory x_0 -> x_T; one reverse trajectory x_T -> x_0.
+    one of the training patterns for the heartbeat, else their mean activity beside the data's); one forward trajectory x_0 -> x_T; one reverse trajectory x_T -> x_0.
     Rows are sequences (or times), columns are bins; black is 1."""
     diffusion, T = module.diffusion, module.diffusion.T
     times = sorted({round(T * k / (n_times - 1)) for k in range(n_times)})
@@ -37,10 +37,14 @@ def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 
     samples, reverse = sample(module, (n, *dm.data_shape), g, "sampling", progress, keep=tuple(times))
     with torch.no_grad():
         forward = forward_trajectory(diffusion, train[:1], times, g)
-    valid = (pattern_index(samples.cpu(), dm.length, dm.period) >= 0).float().mean().item()
+    if hasattr(dm, "period"):  # the heartbeat: how many samples are one of its patterns
+        valid = (pattern_index(samples.cpu(), dm.length, dm.period) >= 0).float().mean().item()
+        about = f"{100 * valid:.1f}% of {n} are training patterns"
+    else:
+        about = f"mean activity {samples.mean().item():.3f}, data {dm.splits['train'].mean().item():.3f}"
     panels = [
         (train.cpu(), "training sequences", "example"),
-        (samples[:n_show].cpu(), f"samples ({100 * valid:.1f}% of {n} are training patterns)", "sample"),
+        (samples[:n_show].cpu(), f"samples ({about})", "sample"),
         (torch.cat([forward[t] for t in times]).cpu(), "forward diffusion of one sequence", "t"),
         (torch.cat([reverse[t][:1] for t in reversed(times)]).cpu(), "reverse diffusion of one sample", "t"),
     ]
@@ -56,5 +60,6 @@ def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 
             ax.set_yticks(ticks, [str(labels[i]) for i in ticks])
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion towards B({diffusion.p:g}), T = {T}")
+    towards = f" towards B({diffusion.p:g})" if hasattr(diffusion, "p") else ""
+    fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion{towards}, T = {T}")
     return save(fig, path)

@@ -161,6 +161,9 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     if nll8 is not None:
         result["nll_bits_per_dim_8bit"] = nll8
     result.update(dm.eval_info())
+    log2_jacobian = dm.raw_log2_jacobian()
+    if log2_jacobian is not None:  # the bound on the data as the user gave them (dpm.data.base.DataModule)
+        result.update(K_raw=K_mean - log2_jacobian, K_raw_stderr=K_se)
     return result
 
 
@@ -182,6 +185,8 @@ def format_table(r: dict) -> str:
         lines.append(f"{'truth':<16}{r['true_log_likelihood']:>12.3f}{'':>22}   {r['unit']}")
         lines.append(f"{'K - truth':<16}{r['gap_to_truth']:>12.3f} ± {r['gap_to_truth_stderr']:<7.3f}"
                      f"{'':>12}   {r['unit']}")
+    if "K_raw" in r:
+        lines.append(f"{'K (raw data)':<16}{r['K_raw']:>12.3f} ± {r['K_raw_stderr']:<7.3f}{'':>12}   {r['unit']}")
     if "nll_bits_per_dim_8bit" in r:
         lines.append(f"{'NLL 8-bit':<16}{r['nll_bits_per_dim_8bit']:>12.4f}{'':>22}   bits/dim (lower is better)")
     return "\n".join(lines)

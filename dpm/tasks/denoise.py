@@ -20,7 +20,7 @@ STARTS = ("observed", "prior")
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "denoise")
     common.check_kind("denoise", diffusion, ("gaussian",))
-    if dm.figure_kind != "image":
+    if dm.kind != "image":
         raise ValueError(f"task=denoise needs image data; {dm.name} is not")
     sigma_d = common.positive_float("denoise.sigma_d", s.get("sigma_d", 1.0),
                                     " (the noise's standard deviation in normalised units; the paper's is 1)")

@@ -64,7 +64,7 @@ def read_mask_file(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     """The task's settings, checked against the data before any sampling."""
     s = common.settings(cfg, "inpaint")
-    if dm.figure_kind != "image":
+    if dm.kind != "image":
         raise ValueError(f"task=inpaint needs image data; {dm.name} is not (task=complete fills sequences)")
     fraction = s.get("fraction", 0.5)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
