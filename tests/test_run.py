@@ -121,7 +121,7 @@ def test_bad_settings_fail_before_any_work(compose_cfg, tmp_path):
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(compose_cfg, tmp_path):
-    cfg = compose_cfg(TINY + ["trainer.max_steps=50", "trainer.val_check_interval=50", "callbacks=none",
+    cfg = compose_cfg(TINY + ["trainer.max_steps=50", "trainer.val_check_interval=50", "callbacks=minimal",
                               "logger=none", "test_at_end=false"])  # only the training steps: the stop comes first
     with open_dict(cfg):
         cfg.optimizer.lr = 1e30  # the first step makes every weight non-finite
