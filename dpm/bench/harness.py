@@ -39,7 +39,13 @@ from omegaconf import open_dict
 from dpm.app.build import build
 from dpm.app.trainer import make_callbacks
 from dpm.bench.plain import Plain
-from dpm.bench.presets import LEFT_OUT_CALLBACKS, PRECISIONS, autocast, preset_config, tile
+from dpm.bench.presets import (
+    LEFT_OUT_CALLBACKS,
+    PRECISIONS,
+    autocast,
+    preset_config,
+    tile,
+)
 from dpm.core.bound import K_per_example
 from dpm.core.keyed import Keys
 
