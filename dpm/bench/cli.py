@@ -38,8 +38,10 @@ def format_profile(r: dict) -> str:
 
 def run_profile(bench: Bench, args: argparse.Namespace) -> dict:
     """Operator counts of one step of each side (dpm.bench.profile)."""
-    module = profile_module(bench.module, bench.trainer, bench.dm, args.warmup, args.profile_steps, args.profile_timed)
-    plain = profile_plain(bench.plain, args.warmup, args.profile_steps, args.profile_timed)
+    split = not args.compile
+    module = profile_module(bench.module, bench.trainer, bench.dm, args.warmup, args.profile_steps, args.profile_timed,
+                            split)
+    plain = profile_plain(bench.plain, args.warmup, args.profile_steps, args.profile_timed, split)
 
     def rest(c: dict) -> int:
         return c["total"] - c["net_forward"] - c["net_backward"] - c["optimizer"]
@@ -94,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
     p.add_argument("--precision", default=None,
                    help=f"one of {list(PRECISIONS)}; default bf16-mixed on a GPU, 32-true on the CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (both sides)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both sides: for training the whole per-example loss (the module as compile=true does), for the forward passes and the bound the network")
     p.add_argument("--channels-last", action="store_true", help="channels_last network weights (both sides)")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: the preset's)")
     p.add_argument("--steps", type=int, default=300, help="timed training steps per side")

@@ -153,11 +153,14 @@ class Bench:
         plain_net = copy.deepcopy(self.module.net)
         plain_diffusion = copy.deepcopy(self.module.diffusion)
         self.module.net = self.prepare(self.module.net)
+        self.module.compile_loss = args.compile  # training compiles the whole per-example loss, as compile=true
         self.plain = Plain(self.prepare(plain_net), plain_diffusion.to(self.device), instantiate(self.cfg.optimizer),
-                           self.dm, self.module.units_per_example, self.device, self.precision, self.batch, self.n_t)
+                           self.dm, self.module.units_per_example, self.device, self.precision, self.batch, self.n_t,
+                           compile=args.compile)
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
-        """The same treatment for both sides: device, memory format, compilation."""
+        """The same treatment for both sides: device, memory format, compilation (of the network alone, for the
+        forward passes and the bound; training compiles each side's whole loss)."""
         net = net.to(self.device)
         if self.args.channels_last:
             net = net.to(memory_format=torch.channels_last)

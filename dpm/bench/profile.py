@@ -16,7 +16,9 @@ measured here, on the CPU, for (a) the project's DiffusionModule driven by the p
 An operator is a top-level ATen call (one the step makes, not one an operator makes inside itself) that does
 work: a pure view or metadata call (view, expand, select, t, detach, empty, ...) launches nothing and is left
 out, and a call such as `to` or `reshape` counts only when it copies. The counts are those of one step (the step
-of median total among --profile-steps profiled steps after --warmup untimed ones).
+of median total among --profile-steps profiled steps after --warmup untimed ones). With --compile the network
+is not marked (a mark would break the compiled graph), and its operators are counted in loss_forward and
+loss_backward; operators inside a compiled graph's own kernels are not ATen calls and are not counted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterator
 
 import lightning as L
@@ -189,9 +191,10 @@ class _ProfileSteps(L.Callback):
 
 
 def profile_module(module: L.LightningModule, trainer_factory: Callable[..., L.Trainer], dm, warmup: int,
-                   n: int, timed: int) -> dict:
+                   n: int, timed: int, split_net: bool = True) -> dict:
     """Operator counts of the module's training step under the preset's Trainer (and seconds per step, timed
-    over `timed` unprofiled steps)."""
+    over `timed` unprofiled steps). split_net=False leaves the network unmarked (a compiled loss: the marks
+    would break its graph), its operators then counted in the loss's parts."""
     cb = _ProfileSteps(warmup, n, timed)
     trainer = trainer_factory([cb], max_steps=warmup + n + timed + 1, limit_val_batches=0)
     originals = {k: getattr(module, k) for k in ("training_step", "backward", "on_before_optimizer_step")}
@@ -202,7 +205,7 @@ def profile_module(module: L.LightningModule, trainer_factory: Callable[..., L.T
     wrap = precision._wrap_closure  # Lightning runs training_step, backward and the hooks in this closure
     precision._wrap_closure = in_region(CLOSURE, wrap)
     try:
-        with net_region(module.net):
+        with net_region(module.net) if split_net else nullcontext():
             trainer.fit(module, datamodule=dm)
     finally:
         for k in originals:
@@ -211,11 +214,11 @@ def profile_module(module: L.LightningModule, trainer_factory: Callable[..., L.T
     return {**typical(count_steps(cb.events)), "s_per_step": cb.seconds}
 
 
-def profile_plain(plain, warmup: int, n: int, timed: int) -> dict:
+def profile_plain(plain, warmup: int, n: int, timed: int, split_net: bool = True) -> dict:
     """The same for the plain loop (dpm.bench.plain.Plain.train_step, its regions marked by the step itself)."""
     for _ in range(warmup):
         plain.train_step()
-    with net_region(plain.net), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with net_region(plain.net) if split_net else nullcontext(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(n):
             mark_step()
             plain.train_step(regions=True)
