@@ -18,6 +18,7 @@ PRESETS = {  # the project's own configs
     "heartbeat": ["dataset=heartbeat"],
     "digits": ["experiment=digits_cpu"],
     "dead_leaves": ["experiment=dead_leaves_cpu"],  # 16x16 patches, generated
+    "dead_leaves_paper": ["experiment=dead_leaves"],  # the paper's scale (32x32, 3 scales), generated
     "cifar10": ["experiment=cifar10"],
 }
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
