@@ -106,8 +106,14 @@ for name, label in (("deadleaves_eval/eval.json", "dead leaves K - L_null (test 
     p = out / name
     if p.exists():
         e = json.loads(p.read_text())
-        keep = {k: v for k, v in e.items() if isinstance(v, (int, float, str)) and len(str(v)) < 40}
-        print(f"{label}: {keep}")
+        if "model" in e:  # Parzen: the model beside the perfect model (the training images) of the same run
+            m, pm = e["model"], e["perfect_model"]
+            print(f"{label}: {e['n_samples']:,} samples, model {m['ll_nats']:.1f} +- {m['ll_nats_stderr']:.1f} nats "
+                  f"(sigma {m['sigma']:.3f}), perfect model {pm['ll_nats']:.1f} +- {pm['ll_nats_stderr']:.1f} nats")
+        else:  # the bound: K - L_null beside L_null
+            print(f"{label}: {e['n_examples']:,} examples, K - L_null {e['K_minus_L_null']:.3f} +- "
+                  f"{e['K_minus_L_null_stderr']:.3f} {e['unit']}, K {e['K']:.3f}, L_null {e['L_null']:.3f}, "
+                  f"{e['estimator']} at T = {e['T']}, {e['seconds']:.1f} s")
 for line in (out / "times.txt").read_text().split("\n"):
     if line:
         print("wall s:", line)
