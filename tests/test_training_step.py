@@ -97,3 +97,26 @@ def test_K_one_draw_dequantises_within_one_bin_from_its_own_columns():
     u = torch.special.ndtr(z[:, 1:5])
     assert torch.allclose(sq, ((u - 0.5) * width).pow(2).sum(1), atol=1e-5)
     assert sq.max() <= 4 * (width / 2) ** 2 + 1e-6
+
+
+@pytest.mark.slow  # torch.compile on the CPU: a minute or more
+def test_compiled_training_loss_equals_the_eager_one_and_keeps_plain_keys():
+    from dpm.app.build import build
+    from dpm.app.compose import compose
+
+    cfg = compose(["dataset=swiss_roll", "T=20", "dataset.n_train=64", "compile=true"])
+    _, module = build(cfg)
+    assert module.compile_loss and not any("_orig_mod" in k for k in module.state_dict())
+    x0 = module.dequantize(torch.randn(16, 2))
+    z = torch.randn(16, n_draws(x0, module.dequantization_width), generator=torch.Generator().manual_seed(0))
+    compiled = torch.compile(module._train_loss)
+    results = []
+    for fn in (module._train_loss, compiled):
+        module.zero_grad(set_to_none=True)
+        with module.diffusion.one_pass():
+            loss, K = fn(x0, z)
+        loss.backward()
+        results.append((loss.detach(), K.detach(), [p.grad.clone() for p in module.net.parameters()]))
+    (l1, K1, g1), (l2, K2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-5, atol=1e-6) and torch.allclose(K1, K2, rtol=1e-5, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))

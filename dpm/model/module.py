@@ -60,7 +60,7 @@ class DiffusionModule(L.LightningModule):
         self.dequantization_width = float(dequantization_width)
         self.to_units_factor = 1.0 / (LN2 * units_per_example)
         self.compile_loss = bool(compile)
-        self._compiled_K: Callable | None = None  # made at the first step (a module copied before stays plain)
+        self._compiled_loss: Callable | None = None  # made at the first step (a module copied before stays plain)
         self._generator: torch.Generator | None = None
         self._nonfinite: list[torch.Tensor] | None = None  # skipped-step counts on the device (fused optimizers)
         self._trained: list[nn.Parameter] | None = None  # the parameters with gradients, listed once
@@ -91,8 +91,10 @@ class DiffusionModule(L.LightningModule):
                           keys=keys)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
 
-    def _K_one_draw(self, x0: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return K_one_draw(self.diffusion, self.net, x0, z, self.dequantization_width)
+    def _train_loss(self, x0: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss -(K - L_null) averaged over the batch in the reporting unit, and K [N] (nats)."""
+        K, L_null = K_one_draw(self.diffusion, self.net, x0, z, self.dequantization_width)
+        return (K - L_null).mean() * -self.to_units_factor, K
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, _ = batch
@@ -100,11 +102,10 @@ class DiffusionModule(L.LightningModule):
         # every draw of the step at once: t, dequantisation, forward noise (dpm.core.training)
         z = torch.randn(len(x0), n_draws(x0, self.dequantization_width), generator=self._generator,
                         device=x0.device, dtype=torch.float64 if x0.dtype == torch.float64 else torch.float32)
-        if self.compile_loss and self._compiled_K is None:
-            self._compiled_K = torch.compile(self._K_one_draw)
+        if self.compile_loss and self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self._train_loss)
         with self.diffusion.one_pass():  # the tables read once, outside a compiled loss
-            K, L_null = (self._compiled_K or self._K_one_draw)(x0, z)
-        loss = (K - L_null).mean() * -self.to_units_factor
+            loss, K = (self._compiled_loss or self._train_loss)(x0, z)
         # Even a non-finite loss goes through backward: under DDP every rank must reach the gradient all-reduce,
         # and the all-reduced non-finite gradients then make every rank skip this step together (below).
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # self.log costs more than a small step
