@@ -51,7 +51,7 @@ else
   B1024="--batch 1024 --steps 240 --rounds 3 --warmup 20 --compile --channels-last"
   BOUND="--compile --channels-last --bound-n 10000 --bound-batch 2500 --bound-max-seconds 150 --forward-batch 2500 --forward-steps 6 --rounds 3 --warmup 2"
   DL_BENCH="--steps 150 --rounds 3 --warmup 20"
-  DL_TRAIN="dataset.n_train=20000 dataset.n_test=2000"  # fewer patches to generate; 3 minutes see ~2 epochs
+  DL_TRAIN="dataset.n_train=20000 dataset.n_test=2000"  # fewer patches to generate (several epochs in 3 minutes)
   DL_EVAL="limit=2000 batch_size=2000"
   MNIST_TRAIN=""
   PARZEN="parzen.n_samples=10000 batch_size=2500"
