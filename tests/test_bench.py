@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from dpm.bench.harness import format_report, main, parse_args
+from dpm.bench.cli import format_report, main, parse_args
 
 TINY_CONV = ["net.n_hidden_conv=4", "net.n_layers_conv=1", "net.n_hidden_dense_lower=8", "net.n_layers_dense_lower=2",
              "net.n_hidden_dense_lower_output=1", "net.n_hidden_dense_upper=4", "net.n_layers_dense_upper=1"]

@@ -51,9 +51,12 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
         net, diffusion, optimizer=_build("optimizer", cfg.optimizer),
         lr_scheduler=_build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
-        run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize)
+        run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize,
+        dequantization_width=dm.dequantization_width, compile=bool(cfg.get("compile")))
     if cfg.get("compile"):
-        module.net.compile()  # in place: the network only, and its state_dict keys stay those of a plain one
+        # in place, for evaluation, validation and sampling (training compiles its whole loss, the module's
+        # compile): the network module stays itself, so its state_dict keys stay those of a plain one
+        module.net.compile()
     return dm, module
 
 

@@ -1,7 +1,7 @@
-"""python -m dpm.bench: see dpm.bench.harness."""
+"""python -m dpm.bench: see dpm.bench.harness (what it measures) and dpm.bench.cli."""
 
 import sys
 
-from dpm.bench.harness import main
+from dpm.bench.cli import main
 
 main(sys.argv[1:])

@@ -26,15 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import math
-import platform
-import resource
-import sys
-import tempfile
 import time
-from contextlib import nullcontext
-from pathlib import Path
 from typing import Callable
 
 import lightning as L
@@ -42,104 +34,20 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 
-from dpm.core.bound import LN2, K_per_example
-from dpm.core.keyed import Keys
 from dpm.app.build import build
-from dpm.app.compose import compose
 from dpm.app.trainer import make_callbacks
-
-PRESETS = {  # the project's own configs
-    "swiss_roll": ["dataset=swiss_roll"],
-    "heartbeat": ["dataset=heartbeat"],
-    "digits": ["experiment=digits_cpu"],
-    "cifar10": ["experiment=cifar10"],
-}
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-LEFT_OUT_CALLBACKS = ("SampleFigure",)  # draws T-step samples at the end of training: not a per-step cost
-
-
-def preset_config(preset: str, overrides: list[str] = (), out_dir: str = ".") -> DictConfig:
-    """The composed train config of a preset (cifar10 with RandomImages in place of its files)."""
-    if preset not in PRESETS:
-        raise ValueError(f"--preset {preset!r} is unknown; valid choices: {sorted(PRESETS)}")
-    cfg = compose([*PRESETS[preset], *overrides])
-    with open_dict(cfg):
-        cfg.out_dir = out_dir
-        cfg.compile = False  # the bench compiles both sides itself, the same way
-        if preset == "cifar10":
-            old = cfg.dataset
-            cfg.dataset = {"_target_": "dpm.data.random_images.RandomImages", "shape": [3, 32, 32],  # CIFAR-10's sizes
-                           "n_train": old.get("n_train") or 45000, "n_val": old.get("n_val") or 5000,
-                           "n_test": old.get("n_test") or 10000, "batch_size": old.batch_size,
-                           "eval_batch_size": old.eval_batch_size,
-                           "dequantization": old.get("dequantization", "bin"), "seed": old.get("seed", 0)}
-    return cfg
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast a Lightning precision plugin puts around the forward pass."""
-    if precision == "32-true":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision.startswith("bf16") else torch.float16)
-
-
-def tile(x: torch.Tensor, n: int) -> torch.Tensor:
-    """The first n rows of x repeated as often as needed."""
-    return x.repeat(math.ceil(n / len(x)), *([1] * (x.dim() - 1)))[:n]
-
-
-class Plain:
-    """The minimal loop: network, optimizer and data on the device; loss = -(K - L_null) in the module's units."""
-
-    def __init__(self, net: torch.nn.Module, diffusion: torch.nn.Module, optimizer: Callable, dm,
-                 units_per_example: int, device: torch.device, precision: str, batch: int, n_t: int) -> None:
-        self.net, self.diffusion = net, diffusion
-        self.optimizer = optimizer([*net.parameters(), *diffusion.parameters()])
-        self.dm, self.device, self.precision, self.batch, self.n_t = dm, device, precision, batch, n_t
-        self.scale = 1.0 / (LN2 * units_per_example)
-        self.scaler = torch.amp.GradScaler(device.type) if precision == "16-mixed" else None
-        self.train_data = dm.splits["train"].to(device)
-        self.val_data = dm.splits["val"].to(device)
-
-    def batch_of(self, data: torch.Tensor, n: int) -> torch.Tensor:
-        x0 = data[torch.randint(len(data), (n,), device=self.device)]
-        return self.dm.dequantize(x0)
-
-    def train_step(self) -> None:
-        x0 = self.batch_of(self.train_data, self.batch)
-        with autocast(self.device, self.precision):
-            K = K_per_example(self.diffusion, self.net, x0, "mc", 1)
-            loss = -(K - self.diffusion.L_null(x0)).mean() * self.scale
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            self.optimizer.step()
-        else:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-
-    @torch.inference_mode()
-    def forward_step(self, batch: int) -> None:
-        x0 = self.batch_of(self.val_data, batch)
-        with autocast(self.device, self.precision):
-            (K_per_example(self.diffusion, self.net, x0, "mc", self.n_t) - self.diffusion.L_null(x0)).mean()
+from dpm.bench.plain import Plain
+from dpm.bench.presets import (
+    LEFT_OUT_CALLBACKS,
+    PRECISIONS,
+    autocast,
+    preset_config,
+    tile,
+)
+from dpm.core.bound import K_per_example
+from dpm.core.keyed import Keys
 
 
 class Alternate(L.Callback):
@@ -245,11 +153,14 @@ class Bench:
         plain_net = copy.deepcopy(self.module.net)
         plain_diffusion = copy.deepcopy(self.module.diffusion)
         self.module.net = self.prepare(self.module.net)
+        self.module.compile_loss = args.compile  # training compiles the whole per-example loss, as compile=true
         self.plain = Plain(self.prepare(plain_net), plain_diffusion.to(self.device), instantiate(self.cfg.optimizer),
-                           self.dm, self.module.units_per_example, self.device, self.precision, self.batch, self.n_t)
+                           self.dm, self.module.units_per_example, self.device, self.precision, self.batch, self.n_t,
+                           compile=args.compile)
 
     def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
-        """The same treatment for both sides: device, memory format, compilation."""
+        """The same treatment for both sides: device, memory format, compilation (of the network alone, for the
+        forward passes and the bound; training compiles each side's whole loss)."""
         net = net.to(self.device)
         if self.args.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -361,158 +272,3 @@ class Bench:
                 "network_passes_per_s": done / seconds, "peak_memory_gib": self.peak_gib()}
 
 
-class _OneParameter(L.LightningModule):
-    """The smallest trainable module: what Lightning's loop costs per step when the model costs nothing."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(3))
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return (self.p * batch).sum()
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), fused=True)
-
-
-class _StepTimer(L.Callback):
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.start = warmup, 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, module) -> None:
-        self.seconds = (time.perf_counter() - self.start) / (trainer.global_step - self.warmup)
-
-
-def lightning_floor(device: torch.device, steps: int, warmup: int = 50) -> dict:
-    """Lightning's own per-step cost on `device`: a one-parameter module under Trainer.fit (no logger, progress
-    bar, checkpointing or model summary) against the same loss and fused Adam in a plain loop. Seconds per step."""
-    timer = _StepTimer(warmup)
-    trainer = L.Trainer(accelerator=device.type, devices=[device.index] if device.type == "cuda" else 1,
-                        max_steps=warmup + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[timer])
-    data = torch.ones(warmup + steps, 3)
-    trainer.fit(_OneParameter(), torch.utils.data.DataLoader(data, batch_size=1))
-    module = _OneParameter().to(device)
-    optimizer, x = module.configure_optimizers(), torch.ones(3, device=device)
-    for i in range(warmup + steps):
-        if i == warmup:
-            start = time.perf_counter()
-        loss = (module.p * x).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return {"lightning_s_per_step": timer.seconds, "plain_s_per_step": (time.perf_counter() - start) / steps,
-            "steps": steps}
-
-
-def format_report(r: dict) -> str:
-    lines = [f"dpm.bench: preset {r['preset']} on {r['device']} ({r['device_type']}), torch {r['torch']}, "
-             f"lightning {r['lightning']}",
-             f"precision {r['precision']}, compile {'on' if r['compile'] else 'off'}, channels_last "
-             f"{'on' if r['channels_last'] else 'off'}, batch {r['batch']}, T {r['T']}, "
-             f"{r['parameters'] / 1e6:.2f}M parameters"]
-    header = f"{'':<18}{'module (a)':>14}{'plain (b)':>14}{'(a)/(b)':>10}   {'rounds: median (min..max)':<27}work"
-    rows = []
-    for key, label in (("train", "train images/s"), ("forward", "forward images/s")):
-        m = r.get(key)
-        if m:
-            rows.append(f"{label:<18}{m['module_images_per_s']:>14,.0f}{m['plain_images_per_s']:>14,.0f}"
-                        f"{m['ratio']:>10.3f}   {m['ratio_median']:.3f} ({m['ratio_min']:.3f}..{m['ratio_max']:.3f})"
-                        f"{'':<6}{m['steps_per_side']} steps x {m['images_per_step']} per side")
-    if rows:
-        lines += [header, *rows]
-    if r.get("train"):
-        m = r["train"]
-        lines.append(f"fit setup {m['fit_setup_s']:.2f} s; warm-up {m['warmup_steps']} steps: module "
-                     f"{m['warmup_module_s']:.2f} s, plain {m['warmup_plain_s']:.2f} s (not in the rates)")
-    if r.get("bound"):
-        b = r["bound"]
-        how = ("measured" if b["complete"]
-               else f"extrapolated from {b['terms_done']:,} of {b['n'] * (b['T'] - 1):,} terms")
-        lines.append(f"exact bound, {b['n']:,} images at T = {b['T']} (batch {b['batch']}, {b['precision']}, keyed "
-                     f"draws): {b['seconds_for_n']:.1f} s ({how}); {b['network_passes_per_s']:,.0f} network "
-                     "passes/s")
-    if r.get("floor"):
-        f = r["floor"]
-        lines.append(f"Lightning's loop alone (a one-parameter module, no logger, bar or checkpoints; {f['steps']} steps): "
-                     f"{f['lightning_s_per_step'] * 1e6:.0f} us per step, plain loop {f['plain_s_per_step'] * 1e6:.0f} us")
-    peaks = [f"{k} {r[k]['peak_memory_gib']:.2f} GiB" for k in ("train", "forward", "bound")
-             if r.get(k) and r[k].get("peak_memory_gib") is not None]
-    lines.append("peak memory: " + (", ".join(peaks) if peaks else f"process RSS {r['max_rss_gib']:.2f} GiB"))
-    return "\n".join(lines)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m dpm.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="swiss_roll", choices=sorted(PRESETS))
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 ...")
-    p.add_argument("--precision", default=None,
-                   help=f"one of {list(PRECISIONS)}; default bf16-mixed on a GPU, 32-true on the CPU")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (both sides)")
-    p.add_argument("--channels-last", action="store_true", help="channels_last network weights (both sides)")
-    p.add_argument("--batch", type=int, default=None, help="training batch (default: the preset's)")
-    p.add_argument("--steps", type=int, default=300, help="timed training steps per side")
-    p.add_argument("--forward-steps", type=int, default=50, help="timed forward batches per side")
-    p.add_argument("--forward-batch", type=int, default=None, help="examples per forward batch (default: the "
-                   "preset's eval_batch_size); each is evaluated at val_n_t times")
-    p.add_argument("--rounds", type=int, default=5, help="alternations of the two sides")
-    p.add_argument("--warmup", type=int, default=10, help="untimed steps of each side first")
-    p.add_argument("--bound-n", type=int, default=1000, help="images for the exact bound (0: skip it)")
-    p.add_argument("--bound-T", type=int, default=None, help="T for the exact bound (default: the preset's)")
-    p.add_argument("--bound-batch", type=int, default=1000)
-    p.add_argument("--bound-precision", default="32-true", choices=PRECISIONS,
-                   help="evaluate.py's default is 32-true (TF32 matmuls on a GPU)")
-    p.add_argument("--bound-max-seconds", type=float, default=None,
-                   help="stop the bound after this long and extrapolate to --bound-n")
-    p.add_argument("--seed", type=int, default=0, help="the keyed draws' seed for the bound")
-    p.add_argument("--floor-steps", type=int, default=2000,
-                   help="steps of Lightning's loop around a one-parameter module, against a plain loop (0: skip)")
-    p.add_argument("--no-train", action="store_true")
-    p.add_argument("--no-forward", action="store_true")
-    p.add_argument("--no-progress-bar", action="store_true", help="(a) without the progress bar")
-    p.add_argument("--no-logger", action="store_true", help="(a) without the configured logger")
-    p.add_argument("--json", default=None, help="also write the numbers to this file")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides of the preset, e.g. net.hidden=256")
-    args = p.parse_args(argv)
-    for key in ("steps", "rounds", "warmup"):
-        if getattr(args, key) < 1:
-            p.error(f"--{key} must be >= 1")
-    if args.steps < args.rounds or args.forward_steps < args.rounds:
-        p.error("--steps and --forward-steps must be at least --rounds")
-    return args
-
-
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dpm-bench-") as out_dir:
-        bench = Bench(args, out_dir)
-        result = {"preset": args.preset, "device": device_name(bench.device), "device_type": bench.device.type,
-                  "torch": torch.__version__, "lightning": L.__version__, "precision": bench.precision,
-                  "compile": args.compile, "channels_last": args.channels_last, "batch": bench.batch,
-                  "T": int(bench.cfg.T), "val_n_t": bench.n_t,
-                  "parameters": sum(p.numel() for p in bench.plain.net.parameters())}
-        if not args.no_train:
-            result["train"] = bench.train()
-        if not args.no_forward:
-            result["forward"] = bench.forward()
-        if args.bound_n > 0:
-            result["bound"] = bench.bound()
-        if args.floor_steps > 0:
-            result["floor"] = lightning_floor(bench.device, args.floor_steps)
-    result["max_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(format_report(result), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
-    return result
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from dpm.core.diffusion import Diffusion, keyed_uniform
+from dpm.core.diffusion import Diffusion, compute_dtype, keyed_uniform, sum_dims
 from dpm.core.schedules import Schedule
 
 EPS = 1e-6  # keeps logits finite where a kernel probability is exactly 0 or 1 (beta_T = 1)
@@ -37,6 +37,7 @@ class BinomialDiffusion(Diffusion):
     kernel's own form, which is the exact reversal for independent B(p) data)."""
 
     kind = "binomial"
+    noise = "uniform"
     n_outputs = 1
 
     def __init__(self, schedule: Schedule, p: float = 0.5) -> None:
@@ -62,16 +63,41 @@ class BinomialDiffusion(Diffusion):
                 "p_1m_ab_prev": self.p * (1 - ab_prev), "1m_beta": 1 - beta, "p_beta": self.p * beta,
                 "on1": on1, "off1": 1 - on1, "on0": on0, "off0": 1 - on0}
 
+    def derive_constants(self, derived):
+        """bound_const's two numbers: per bit, bound_const = f(0) + (f(1) - f(0)) x0 (see bound_const)."""
+        ab, m0 = derived["alpha_bar"], derived["p_1m_ab"]
+        log_p, log_1mp = math.log(self.p), math.log1p(-self.p)
+
+        def f(x0: float) -> torch.Tensor:  # the five terms of Diffusion.bound_const for one bit x0
+            m_T, m_1 = x0 * ab[-1] + m0[-1], x0 * ab[0] + m0[0]
+            cross_entropy = lambda m: -(m * log_p + (1 - m) * log_1mp)  # noqa: E731
+            return (-cross_entropy(m_T) + bernoulli_entropy(m_T) - bernoulli_entropy(m_1)
+                    + (x0 * log_p + (1 - x0) * log_1mp) + cross_entropy(m_1))
+
+        f0 = f(0.0)
+        return {"bound_const_f0": f0, "bound_const_slope": f(1.0) - f0}
+
+    def bound_const(self, x0):
+        """Diffusion.bound_const in closed form for bits: [N] nats. Every term depends on a bit x0 only through
+        q(x_t = 1 | x0) = x0 alpha_bar_t + p (1 - alpha_bar_t), so per bit it is f(0) + (f(1) - f(0)) x0, and
+        per example D f(0) + (f(1) - f(0)) sum_d x0_d."""
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            x0 = x0.to(compute_dtype(x0))
+            constants = self.tables()[x0.dtype].constants
+            return constants["bound_const_slope"] * sum_dims(x0) + constants["bound_const_f0"] * x0[0].numel()
+
     def marginal(self, x0, t):
         """q(x_t = 1 | x_0) = x0 alpha_bar_t + p (1 - alpha_bar_t), t in 1..T."""
         return (x0 * self.coef("alpha_bar", t, x0) + self.coef("p_1m_ab", t, x0),)
 
-    def q_sample(self, x0, t, generator=None, keys=None):
-        """x_t ~ B(q(x_t = 1 | x_0)): 1 where a uniform draw falls below that probability. [N, *D]"""
+    def q_sample(self, x0, t, generator=None, keys=None, noise=None):
+        """x_t ~ B(q(x_t = 1 | x_0)): 1 where a uniform draw (keyed, or the given uniforms `noise`) falls below
+        that probability. [N, *D]"""
         prob = self.marginal(x0, t)[0]
-        if keys is None:
+        if noise is None and keys is None:
             return torch.bernoulli(prob, generator=generator)
-        return (keyed_uniform(x0, t, keys) < prob).to(prob.dtype)
+        u = keyed_uniform(x0, t, keys) if noise is None else noise
+        return (u < prob).to(prob.dtype)
 
     def q_posterior(self, x0, xt, t):
         """q(x_{t-1} = 1 | x_t, x_0) for t in 2..T, by Bayes over the two states of x_{t-1}:

@@ -52,8 +52,17 @@ def stratified_t(n: int, T: int, n_t: int, generator: torch.Generator | None = N
     else:
         u = torch.rand(n_t, n, generator=generator, device=generator.device if generator is not None else device)
     lo, size = _strata(T, n_t, u.device)
-    t = 2 + lo + (u * size).long().clamp(max=size - 1)
-    return t.to(device), size[:, 0].float().to(device)
+    return t_of_uniform(u, T, n_t).to(device), size[:, 0].float().to(device)
+
+
+def t_of_uniform(u: torch.Tensor, T: int, n_t: int = 1) -> torch.Tensor:
+    """t [n_t, ...] (long) in stratum k of {2..T} (strata_edges) from uniforms u [n_t, ...] in [0, 1]: the k-th
+    row uniform over its stratum. With one stratum (u of any shape), t ~ U{2..T} from Python numbers alone: no
+    tensor is made and nothing waits for a device."""
+    if n_t == 1:
+        return 2 + (u * (T - 1)).long().clamp(max=T - 2)
+    lo, size = _strata(T, n_t, u.device)
+    return 2 + lo + (u * size).long().clamp(max=size - 1)
 
 
 @functools.lru_cache(maxsize=32)

@@ -26,7 +26,7 @@ def sum_dims(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).sum(1)
 
 
-def _compute_dtype(like: torch.Tensor) -> torch.dtype:
+def compute_dtype(like: torch.Tensor) -> torch.dtype:
     """float64 for float64 data; float32 for any other (float32, bf16, fp16): draws and coefficients."""
     return torch.float64 if like.dtype == torch.float64 else torch.float32
 
@@ -36,14 +36,14 @@ def standard_normal(like: torch.Tensor, t: torch.Tensor, generator: torch.Genera
     """N(0, I) noise shaped like `like` [N, *D] for the forward draw at times t [N]: from `generator`
     (a stream), or keyed by (seed, example index, NOISE, t) when keys are given."""
     if keys is not None:
-        return keys.normal((NOISE, t), like.shape[1:], _compute_dtype(like)).to(like.dtype)
+        return keys.normal((NOISE, t), like.shape[1:], compute_dtype(like)).to(like.dtype)
     return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def keyed_uniform(like: torch.Tensor, t: torch.Tensor, keys: Keys) -> torch.Tensor:
     """U(0, 1) shaped like `like` [N, *D] for the forward draw at times t [N], keyed by (seed, example index,
     NOISE, t) (streamed uniforms need no helper: torch.bernoulli draws them itself)."""
-    return keys.uniform((NOISE, t), like.shape[1:], _compute_dtype(like))
+    return keys.uniform((NOISE, t), like.shape[1:], compute_dtype(like))
 
 
 def check_source(generator: torch.Generator | None, keys: Keys | None, n: int) -> None:
@@ -54,19 +54,30 @@ def check_source(generator: torch.Generator | None, keys: Keys | None, n: int) -
         raise ValueError(f"{len(keys)} keys for a batch of {n} examples")
 
 
+class Tables(dict):
+    """One dtype's tables: name -> [T + 1] (index 0 unused), each a column of one matrix [T + 1, n_tables]; and
+    the kind's constants (Diffusion.derive_constants), name -> 0-d."""
+
+    def __init__(self, matrix: torch.Tensor, names: list[str], constants: dict[str, torch.Tensor]) -> None:
+        super().__init__((name, matrix[:, k]) for k, name in enumerate(names))
+        self.matrix, self.columns, self.constants = matrix, {name: k for k, name in enumerate(names)}, constants
+
+
 class Diffusion(nn.Module):
     """A forward process q with stationary distribution pi and the reverse kernel read from a network."""
 
     kind: str = ""
     n_outputs: int = 1  # network channels per data dimension
+    noise: str = "normal"  # what q_sample's noise is: "normal" (N(0, 1)) or "uniform" (U(0, 1)) per dimension
 
     def __init__(self, schedule: Schedule) -> None:
         super().__init__()
         self.schedule = schedule
         self.T = schedule.T
-        self._tables: dict[torch.dtype, dict[str, torch.Tensor]] | None = None
+        self._tables: dict[torch.dtype, Tables] | None = None
         self._tables_key: tuple | None = None
-        self._pass_tables: dict[torch.dtype, dict[str, torch.Tensor]] | None = None
+        self._pass_tables: dict[torch.dtype, Tables] | None = None
+        self._pass_rows: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}  # in one_pass: t -> rows at t
 
     # ---- schedule-derived quantities, float64 [T] -------------------------------------------------
     def beta(self) -> torch.Tensor:
@@ -83,14 +94,23 @@ class Diffusion(nn.Module):
         Computed in float64 and kept by tables() as float32 and float64 copies."""
         return {"beta": beta, "alpha_bar": torch.cumprod(1.0 - beta, 0)}
 
-    def _build_tables(self) -> dict[torch.dtype, dict[str, torch.Tensor]]:
+    def _build_tables(self) -> dict[torch.dtype, Tables]:
         with torch.autocast(device_type=self.schedule.base.device.type, enabled=False):
             derived = self.derive(self.schedule())
-        # [T + 1] with a NaN at index 0, so a table is read at paper time t directly (and t = 0 shows up)
-        pad = {name: torch.cat([v.new_full((1,), float("nan")), v]) for name, v in derived.items()}
-        return {dtype: {name: v.to(dtype) for name, v in pad.items()} for dtype in (torch.float32, torch.float64)}
+            constants = self.derive_constants(derived)
+        # [T + 1] with a NaN at index 0, so a table is read at paper time t directly (and t = 0 shows up); all
+        # of them the columns of one matrix [T + 1, n_tables], so that every coefficient at t is one gather
+        names = list(derived)
+        matrix = torch.stack([torch.cat([v.new_full((1,), float("nan")), v]) for v in derived.values()], 1)
+        return {dtype: Tables(matrix.to(dtype), names, {k: v.to(dtype) for k, v in constants.items()})
+                for dtype in (torch.float32, torch.float64)}
 
-    def tables(self) -> dict[torch.dtype, dict[str, torch.Tensor]]:
+    def derive_constants(self, derived: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Numbers of the whole schedule a kind reads (0-d float64, from derive()'s tables), kept with the tables
+        (Tables.constants) so that a step reads them instead of computing them; none by default."""
+        return {}
+
+    def tables(self) -> dict[torch.dtype, Tables]:
         """{float32: {name: [T + 1]}, float64: {...}}: derive()'s tables padded to be read at t (index 0 unused),
         on the schedule's device.
 
@@ -110,10 +130,24 @@ class Diffusion(nn.Module):
                 self._tables, self._tables_key = self._build_tables(), key
         return self._tables
 
-    def coef(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    def coef(self, name: str, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
         """Table `name` at paper times t [N], shaped [N, 1, ...] to broadcast against like [N, *D]: float64 for
-        float64 data, float32 otherwise (under autocast, bf16 or fp16 too, so the bound stays in float32)."""
-        return self.tables()[_compute_dtype(like)][name][t].view(-1, *([1] * (like.dim() - 1)))
+        float64 data, float32 otherwise (under autocast, bf16 or fp16 too, so the bound stays in float32).
+
+        t an int (one time for every example): a 0-d view of the table, no gather and no tensor made. Within
+        one_pass(), the first read at a tensor t gathers every table's row at t at once (one operator) and
+        later reads at the same t take their column of it."""
+        dtype = compute_dtype(like)
+        tables = self.tables()[dtype]
+        if isinstance(t, int):
+            return tables[name][t]
+        shape = (-1, *([1] * (like.dim() - 1)))
+        if self._pass_tables is None:
+            return tables[name][t].view(shape)
+        seen = self._pass_rows.get(dtype)
+        if seen is None or seen[0] is not t:
+            seen = self._pass_rows[dtype] = (t, tables.matrix[t])
+        return seen[1][:, tables.columns[name]].view(shape)
 
     @contextmanager
     def one_pass(self) -> Iterator[None]:
@@ -126,6 +160,7 @@ class Diffusion(nn.Module):
             yield
         finally:
             self._pass_tables = None
+            self._pass_rows.clear()
 
     # ---- what each kind defines ---------------------------------------------------------------------
     def check_data(self, x0: torch.Tensor) -> None:
@@ -136,10 +171,11 @@ class Diffusion(nn.Module):
         raise NotImplementedError
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
-                 keys: Keys | None = None) -> torch.Tensor:
+                 keys: Keys | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """A draw of x_t ~ q(x_t | x_0), differentiable in beta where the kind allows (frozen noise, paper 3.5).
 
-        The noise comes from `generator` (a stream) or, with keys, from each example's (seed, index, NOISE, t)."""
+        The noise comes from `generator` (a stream), with keys from each example's (seed, index, NOISE, t), or
+        is given as `noise` [N, *D] (of the kind named by the class's `noise`, drawn by the caller)."""
         raise NotImplementedError
 
     def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> Params:
@@ -186,16 +222,16 @@ class Diffusion(nn.Module):
 
     # ---- the bound ----------------------------------------------------------------------------------
     def kl_term(self, net: Net, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None,
-                keys: Keys | None = None) -> torch.Tensor:
+                keys: Keys | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) at one draw of x_t ~ q(x_t|x_0), summed over dims: [N] nats.
 
         The term of Eq. 14 for each example's own t (t [N], 2..T). The network may run under autocast; its
         output is cast to float32 and the distributions are computed with autocast off. x_t is drawn from
-        `generator` or keyed (keys: dpm.core.keyed.Keys, one per example).
+        `generator`, keyed (keys: dpm.core.keyed.Keys, one per example), or from the given `noise` (q_sample).
         """
         check_source(generator, keys, x0.shape[0])
         with self.one_pass():
-            xt = self.q_sample(x0, t, generator, keys)
+            xt = self.q_sample(x0, t, generator, keys, noise)
             out = net(xt, t)
             with torch.autocast(device_type=x0.device.type, enabled=False):
                 out = out.float()
@@ -207,13 +243,12 @@ class Diffusion(nn.Module):
         E_q[log pi(x_T)] + H_q(X_T|x0) - H_q(X_1|x0) + log pi(x0) - E_q[log pi(x_1)|x0].
         Eq. 14 writes the first as -H_p(X_T) and drops the last two (the fixed step p(x0|x1) of App. B.2);
         both shortcuts hold only on average and only for data matched to pi, so they are kept here, and then
-        K_i <= log p(x0_i) holds for every example.
+        K_i <= log p(x0_i) holds for every example. Here the five terms are written out; each kind overrides this
+        with their closed form (a few operators per step instead of about thirty), tested against this one.
         """
-        T = torch.full((x0.shape[0],), self.T, device=x0.device, dtype=torch.long)
-        one = torch.ones_like(T)
         with torch.autocast(device_type=x0.device.type, enabled=False), self.one_pass():
             x0 = x0.float()
-            qT, q1 = self.marginal(x0, T), self.marginal(x0, one)
+            qT, q1 = self.marginal(x0, self.T), self.marginal(x0, 1)  # int times: table views, no gather
             per_dim = (-self.prior_cross_entropy(qT) + self.entropy(qT) - self.entropy(q1)
                        + self.log_prior(x0) + self.prior_cross_entropy(q1))
         return sum_dims(per_dim)

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dpm.core.diffusion import Diffusion, Params, standard_normal
+from dpm.core.diffusion import Diffusion, Params, compute_dtype, standard_normal, sum_dims
 from dpm.core.schedules import Schedule
 
 LOG_2PI = math.log(2 * math.pi)
@@ -63,13 +63,31 @@ class GaussianDiffusion(Diffusion):
             "logit_beta": torch.logit(beta),
         }
 
+    def derive_constants(self, derived):
+        """bound_const's two numbers: per dimension, bound_const = A + B x0^2 (see bound_const)."""
+        ab, log_v = derived["sqrt_ab"] ** 2, derived["log1m_ab"]
+        v = 1.0 - ab
+        return {"bound_const_A": 0.5 * (v[0] - v[-1] + log_v[-1] - log_v[0] - LOG_2PI),
+                "bound_const_B": 0.5 * (ab[0] - ab[-1] - 1.0)}
+
+    def bound_const(self, x0: torch.Tensor) -> torch.Tensor:
+        """Diffusion.bound_const in closed form: [N] nats. With q_t = N(c_t x0, v_t) (c_t^2 = alpha_bar_t,
+        v_t = 1 - alpha_bar_t), -E[log pi] = (log 2 pi + c^2 x^2 + v) / 2, H = (1 + log 2 pi + log v) / 2 and
+        log pi(x) = -(log 2 pi + x^2) / 2, its five terms add up per dimension to A + B x0^2 with
+        A = (v_1 - v_T + log v_T - log v_1 - log 2 pi) / 2 and B = (alpha_bar_1 - alpha_bar_T - 1) / 2:
+        D A + B sum_d x0_d^2 for an example of D dimensions."""
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            x0 = x0.to(compute_dtype(x0))
+            constants = self.tables()[x0.dtype].constants
+            return constants["bound_const_B"] * sum_dims(x0 * x0) + constants["bound_const_A"] * x0[0].numel()
+
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> Params:
         """q(x_t | x_0) = N(sqrt(alpha_bar_t) x0, 1 - alpha_bar_t)."""
         return self.coef("sqrt_ab", t, x0) * x0, self.coef("log1m_ab", t, x0).expand_as(x0)
 
-    def q_sample(self, x0, t, generator=None, keys=None):
-        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, eps ~ N(0, I): [N, *D]."""
-        eps = standard_normal(x0, t, generator, keys)
+    def q_sample(self, x0, t, generator=None, keys=None, noise=None):
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps, eps ~ N(0, I) (or eps = noise): [N, *D]."""
+        eps = standard_normal(x0, t, generator, keys) if noise is None else noise
         xt = self.coef("sqrt_ab", t, x0) * x0 + self.coef("sqrt_1m_ab", t, x0) * eps
         return xt.to(x0.dtype)
 

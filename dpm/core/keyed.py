@@ -186,7 +186,13 @@ def dequantize(x0: torch.Tensor, width: float, keys: Keys) -> torch.Tensor:
     if width == 0.0:
         return x0
     u = keys.uniform((DEQUANT,), x0.shape[1:], torch.float64 if x0.dtype == torch.float64 else torch.float32)
-    return x0 + (u.to(x0.dtype) - 0.5) * width
+    return dequantize_with(x0, u.to(x0.dtype), width)
+
+
+def dequantize_with(x0: torch.Tensor, u: torch.Tensor, width: float) -> torch.Tensor:
+    """x0 + (u - 1/2) width: the uniforms u ~ U(0, 1) [N, *D] made dequantisation noise U(-width/2, width/2)
+    (docs/paper.md §5.6), whatever drew them (keys, a generator, the training step's one draw)."""
+    return x0 + (u - 0.5) * width
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

@@ -84,6 +84,11 @@ class DataModule(L.LightningDataModule):
         (dpm.core.keyed.Keys), the same in any batch."""
         return x0
 
+    @property
+    def dequantization_width(self) -> float:
+        """The width w of dequantize's noise U(-w/2, w/2): 0, none (images override)."""
+        return 0.0
+
     def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
         """The modern discrete convention for 8-bit data (images override), else None."""
         return None

@@ -16,6 +16,7 @@ import torch
 from dpm.data.base import DataModule
 from dpm.core.keyed import Keys
 from dpm.core.keyed import dequantize as keyed_dequantize
+from dpm.core.keyed import dequantize_with
 from dpm.errors import ConfigError
 
 DEQUANTIZATIONS = ("bin", "released", "none")
@@ -143,7 +144,7 @@ class ImageDataModule(DataModule):
             return x0
         if keys is not None:
             return keyed_dequantize(x0, w, keys)
-        return x0 + (torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype) - 0.5) * w
+        return dequantize_with(x0, torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype), w)
 
     # ---- reporting ----------------------------------------------------------------------------------
     @property

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from dpm.core.bound import LN2, K_per_example
 from dpm.core.diffusion import Diffusion
 from dpm.core.keyed import Keys, step_generator
+from dpm.core.training import K_one_draw, n_draws
 from dpm.model.optim import patch_optimizer_state
 
 
@@ -30,16 +31,21 @@ class DiffusionModule(L.LightningModule):
     optimizer / lr_scheduler: partials taking the parameters / the optimizer (Hydra `_partial_` nodes).
     val_n_t: stratified draws of t per validation example (the `mc` estimator); val_seed: validation's draws are
     keyed by (val_seed, example index), the same at every validation, for any batch size or number of devices.
-    Training draws t, noise and dequantisation from a generator seeded by (seed, rank, global step)
-    (dpm.core.keyed.step_generator): a resumed run repeats an uninterrupted one's draws on every rank.
+    Training draws t, noise and dequantisation in one tensor (dpm.core.training) from a generator seeded by
+    (seed, rank, global step) (dpm.core.keyed.step_generator): a resumed run repeats an uninterrupted one's draws
+    on every rank. dequantization_width: the data module's (its dequantize's noise width, 0 for none).
     max_nonfinite: this many non-finite losses or gradients in a row stop the run; each one is skipped.
+    compile: torch.compile the whole per-example training loss (dequantisation, x_t, network, KL and constant
+    terms: dpm.core.training.K_one_draw), not only the network; the network module itself is left as it is, so
+    its state_dict keys stay those of a plain one.
     """
 
     def __init__(self, net: nn.Module, diffusion: Diffusion, optimizer: Callable[..., torch.optim.Optimizer],
                  lr_scheduler: Callable[..., Any] | None = None, units_per_example: int = 1, unit: str = "bits",
                  val_n_t: int = 4, val_seed: int = 12345, max_nonfinite: int = 20,
                  run_config: dict | None = None, seed: int = 0,
-                 dequantize: Callable[..., torch.Tensor] | None = None) -> None:
+                 dequantize: Callable[..., torch.Tensor] | None = None, dequantization_width: float = 0.0,
+                 compile: bool = False) -> None:
         super().__init__()
         self.net, self.diffusion = net, diffusion
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
@@ -51,6 +57,10 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
         self.seed = seed
         self.dequantize = dequantize or (lambda x0, keys=None, generator=None: x0)  # the data module's (images)
+        self.dequantization_width = float(dequantization_width)
+        self.to_units_factor = 1.0 / (LN2 * units_per_example)
+        self.compile_loss = bool(compile)
+        self._compiled_loss: Callable | None = None  # made at the first step (a module copied before stays plain)
         self._generator: torch.Generator | None = None
         self._nonfinite: list[torch.Tensor] | None = None  # skipped-step counts on the device (fused optimizers)
         self._trained: list[nn.Parameter] | None = None  # the parameters with gradients, listed once
@@ -81,17 +91,26 @@ class DiffusionModule(L.LightningModule):
                           keys=keys)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
 
+    def _train_loss(self, x0: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss -(K - L_null) averaged over the batch in the reporting unit, and K [N] (nats)."""
+        K, L_null = K_one_draw(self.diffusion, self.net, x0, z, self.dequantization_width)
+        return (K - L_null).mean() * -self.to_units_factor, K
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, _ = batch
         self._generator = step_generator(self.seed, self.global_rank, self.global_step, x0.device, self._generator)
-        x0 = self.dequantize(x0, generator=self._generator)
-        K, L_null = self.bound(x0, "mc", 1, generator=self._generator)
-        loss = -(K - L_null).mean()
+        # every draw of the step at once: t, dequantisation, forward noise (dpm.core.training)
+        z = torch.randn(len(x0), n_draws(x0, self.dequantization_width), generator=self._generator,
+                        device=x0.device, dtype=torch.float64 if x0.dtype == torch.float64 else torch.float32)
+        if self.compile_loss and self._compiled_loss is None:
+            self._compiled_loss = torch.compile(self._train_loss)
+        with self.diffusion.one_pass():  # the tables read once, outside a compiled loss
+            loss, K = (self._compiled_loss or self._train_loss)(x0, z)
         # Even a non-finite loss goes through backward: under DDP every rank must reach the gradient all-reduce,
         # and the all-reduced non-finite gradients then make every rank skip this step together (below).
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # self.log costs more than a small step
             self.log("train/loss", loss, prog_bar=True)
-            self.log("train/K", K.mean())
+            self.log("train/K", self.to_units(K).mean())
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
