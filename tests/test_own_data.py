@@ -62,8 +62,13 @@ def test_array_kinds_shapes_and_normalisation(tmp_path):
     assert abs(vectors.splits["train"].mean().item()) < 1e-5 and abs(vectors.splits["train"].var().item() - 1) < 0.02
     binary = ready(ArrayDataModule(path=str(tmp_path / "b.npy")))
     assert binary.kind == "sequence" and binary.unit == "bits/seq" and binary.scale == 1.0
+    # only images are dequantised, by the training step's one draw as by dequantize: vectors and bits stay as given
+    assert vectors.dequantization_width == 0 and binary.dequantization_width == 0
+    x = vectors.splits["train"][:4]
+    assert torch.equal(vectors.dequantize(x, generator=torch.Generator().manual_seed(0)), x)
     images = ready(ArrayDataModule(path=str(tmp_path / "im.npy"), n_levels=256))
     assert images.data_shape == (1, 6, 6) and images.kind == "image" and images.units_per_example == 36
+    assert images.dequantization_width == pytest.approx(images.bin_width / images.scale)  # one bin, normalised
     # the file's units: x = (v - shift) / scale with v the uint8 values
     info = images.eval_info()
     raw = torch.from_numpy(np.load(tmp_path / "im.npy").astype(np.float64))

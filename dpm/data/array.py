@@ -208,6 +208,11 @@ class ArrayDataModule(ImageDataModule):
     def dequantize(self, x0, keys=None, generator=None):
         return super().dequantize(x0, keys, generator) if self.data_kind == "image" else x0
 
+    @property
+    def dequantization_width(self) -> float:
+        """Only images are dequantised (vectors are continuous; 0/1 sequences are the binomial kind's states)."""
+        return super().dequantization_width if self.data_kind == "image" else 0.0
+
     def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
         if self.data_kind != "image" or self.n_levels is None:
             return None
