@@ -98,8 +98,32 @@ def test_the_readme_shows_the_commands_of_every_kind():
     assert any(overrides_of(c)[1] for _, c in README_COMMANDS), "no -m sweep found"
 
 
+@pytest.fixture(scope="module")
+def users_package(tmp_path_factory):
+    """The package `mypkg` that the README's "Bring your own data and code" commands name: a DataModule, a network
+    and a task (tests/test_own_code.py's), with its own config folder `mypkg/conf` (dataset=mydata, net=mynet)."""
+    import sys
+    import textwrap
+
+    from tests.test_own_code import PACKAGE
+
+    root = tmp_path_factory.mktemp("users_package")
+    files = {name: text for name, text in PACKAGE.items() if name.startswith("mypkg/")}
+    files.update({"mypkg/mytask.py": PACKAGE["mypkg/task.py"], "mypkg/conf/__init__.py": "",
+                  "mypkg/conf/dataset/mydata.yaml": PACKAGE["conf/dataset/blobs.yaml"],
+                  "mypkg/conf/net/mynet.yaml": PACKAGE["conf/net/tiny.yaml"]})
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(text).lstrip())
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+        del sys.modules[name]
+
+
 @pytest.mark.parametrize("config_name,command", README_COMMANDS, ids=[c for _, c in README_COMMANDS])
-def test_readme_command_composes(config_name, command):
+def test_readme_command_composes(config_name, command, users_package):
     check_command(config_name, command)
 
 
