@@ -102,6 +102,7 @@ def test_the_readme_shows_the_commands_of_every_kind():
 def users_package(tmp_path_factory):
     """The package `mypkg` that the README's "Bring your own data and code" commands name: a DataModule, a network
     and a task (tests/test_own_code.py's), with its own config folder `mypkg/conf` (dataset=mydata, net=mynet)."""
+    import importlib
     import sys
     import textwrap
 
@@ -115,11 +116,16 @@ def users_package(tmp_path_factory):
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(textwrap.dedent(text).lstrip())
+    def forget_mypkg() -> None:  # another test's package of the same name may be imported already
+        for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
+            del sys.modules[name]
+
+    forget_mypkg()
     sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
     yield root
     sys.path.remove(str(root))
-    for name in [m for m in sys.modules if m == "mypkg" or m.startswith("mypkg.")]:
-        del sys.modules[name]
+    forget_mypkg()
 
 
 @pytest.mark.parametrize("config_name,command", README_COMMANDS, ids=[c for _, c in README_COMMANDS])
