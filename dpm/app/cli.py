@@ -19,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.app.rundir import global_rank_from_env, update_link
+from dpm.app.lines import quiet_library_noise
+from dpm.app.rundir import global_rank_from_env, release, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 
@@ -58,32 +59,47 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def _sigterm_as_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class Terminated(Exception):
+    """SIGTERM during evaluate (which has no Lightning signal handling of its own); exit 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | None:
     """Run dpm.app.train.train or dpm.app.evaluate.evaluate in Hydra's run directory and turn its outcome into an exit code."""
     from dpm.errors import Interrupted, RunFailed
 
+    quiet_library_noise()
     out_dir, record = _hydra_record()
     os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children
     record["config.yaml"] = OmegaConf.to_yaml(cfg)
     # In a sweep, a job's error goes to Hydra (which records the job as failed and goes on with the sweep)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1" or str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
-    if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it like Ctrl-C
-        signal.signal(signal.SIGTERM, _sigterm_as_keyboard_interrupt)
+    multirun = str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+    if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it here (143)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def nothing_kept() -> str:
+        """Remove what the refused or interrupted command left without results; say so."""
+        if global_rank_from_env() != 0 or not release(out_dir, keep_logs=multirun):
+            return ""
+        return f" ({out_dir} holds nothing of it)" if multirun else f" (nothing was left in {out_dir})"
+
     try:
         result = command(cfg, out_dir, hydra_record=record)
     except Interrupted as err:
         _fail(err.exit_code, str(err))
-    except KeyboardInterrupt:
-        _fail(EXIT_SIGINT, f"{name} interrupted; nothing was written to {out_dir / 'eval.json'}"
-              if name == "evaluate" else f"{name} interrupted")
+    except (KeyboardInterrupt, Terminated) as err:
+        code, signame = (EXIT_SIGTERM, "SIGTERM") if isinstance(err, Terminated) else (EXIT_SIGINT, "SIGINT")
+        _fail(code, f"{name} stopped by {signame} before it wrote its results{nothing_kept()}"
+              if name == "evaluate" else f"{name} stopped by {signame}")
     except (ValueError, FileNotFoundError, NotADirectoryError, InstantiationException) as err:
+        kept = nothing_kept()
         if full_error:
             raise
-        _fail(EXIT_CONFIG, _message(err))
+        _fail(EXIT_CONFIG, _message(err) + kept)
     except RunFailed as err:
         if full_error:
             raise
@@ -101,7 +117,9 @@ def report(name: str, cfg: DictConfig, out_dir: Path, result: dict) -> None:
     """The last lines: where the results are and what to run next."""
     lines = []
     if name == "train":
-        update_link(cfg.get("latest_link"), out_dir)
+        note = update_link(cfg.get("latest_link"), out_dir)
+        if note:
+            lines.append(note)
         ckpt = result.get("checkpoint")
         lines += [f"run directory: {out_dir}", f"checkpoint:    {ckpt}"]
         if "eval" in result:

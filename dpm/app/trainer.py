@@ -4,6 +4,7 @@ against the number of processes, and the launcher's environment restored after a
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -14,6 +15,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
+from dpm.app.lines import LineProgress, quiet_library_noise
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 
@@ -63,12 +65,16 @@ def _children(node: DictConfig | None) -> list:
 
 
 def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The configured callbacks, plus Lightning's progress bar redrawn every `progress_bar_every` steps (its
-    default redraw at every step costs more than a small model's whole step) unless the config brings its own
-    bar or turns it off (trainer.enable_progress_bar=false)."""
+    """The configured callbacks, plus a progress display unless the config brings its own bar or turns it off
+    (trainer.enable_progress_bar=false): on a terminal Lightning's bar redrawn every `progress_bar_every` steps
+    (its default redraw at every step costs more than a small model's whole step); off a terminal (a log file)
+    a plain line every `progress_lines_every_s` seconds (dpm.app.lines.LineProgress)."""
     callbacks = _children(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+        if sys.stderr.isatty():
+            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+        else:
+            callbacks.append(LineProgress(every_s=float(cfg.get("progress_lines_every_s", 15))))
     return callbacks
 
 

@@ -7,6 +7,7 @@ so no empty or truncated eval.json, config.yaml, figure or checkpoint is left be
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -43,6 +44,18 @@ def write_text(path: str | Path, text: str) -> Path:
     return write_atomic(path, lambda f: f.write(text.encode()))
 
 
+def finite_or_null(obj: object) -> object:
+    """obj with every NaN or infinite float replaced by None, so that the JSON written is strict (standard JSON
+    has no NaN or Infinity, and strict parsers reject them)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: object) -> Path:
-    """Atomic write of obj as indented JSON."""
-    return write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Atomic write of obj as indented, strict JSON (a non-finite number is written as null)."""
+    return write_text(path, json.dumps(finite_or_null(obj), indent=2, allow_nan=False) + "\n")
