@@ -16,7 +16,7 @@ from dpm.io.progress import format_duration
 
 # (category, message regex) of library warnings that say nothing a dpm user can act on
 QUIET_WARNINGS = (
-    (DeprecationWarning, r".*isinstance\(treespec, LeafSpec\).*"),  # Lightning's own use of a torch API
+    (FutureWarning, r".*isinstance\(treespec, LeafSpec\).*"),  # Lightning's own use of a deprecated torch API
     (UserWarning, r"The number of training batches .* is smaller than the logging interval"),  # dpm logs by step
 )
 ADVERTS = ("💡 Tip:",)  # Lightning's rank-zero advertisements for its cloud products
