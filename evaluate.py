@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.app.cli import ddp_child_argv
+from dpm.app.cli import ddp_child_argv, run_app
 from dpm.app.cli import main as run_command
 from dpm.app.evaluate import evaluate
 from dpm.app.rundir import eval_dir
@@ -21,4 +21,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv = ddp_child_argv(sys.argv, dict(os.environ))  # a rank > 0 of a multirun job (devices=N) runs that job only
-    main()
+    run_app(main)

@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dpm.app.cli import ddp_child_argv
+from dpm.app.cli import ddp_child_argv, run_app
 from dpm.app.cli import main as run_command
 from dpm.app.train import train
 
@@ -19,4 +19,4 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sys.argv = ddp_child_argv(sys.argv, dict(os.environ))  # a DDP rank > 0 of a multirun job runs that job only
-    main()
+    run_app(main)

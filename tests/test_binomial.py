@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from dpm.core.binomial import BinomialDiffusion, bernoulli_entropy, bernoulli_kl
-from dpm.core.bound import K_per_example, mean_and_stderr
+from dpm.core.bound import K_per_example
+from dpm.core.stats import mean_and_stderr
 from dpm.app.build import build
 from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet
@@ -135,7 +136,7 @@ def test_exact_estimator_is_unbiased():
     x0 = torch.tensor([[0.0], [1.0]], dtype=torch.float64).repeat(4000, 1)
     K = K_per_example(d, net, x0, "exact")
     for bit in (0, 1):
-        mean, se = mean_and_stderr(K[bit::2])
+        mean, se = mean_and_stderr(K[bit::2], ddof=1)
         assert abs(mean - enumerated_K(d, net, bit)) < 4 * se
 
 
@@ -151,10 +152,10 @@ def test_forward_form_reverse_kernel_gives_L_null_on_independent_bernoulli_data(
     assert (weights * K_bits).sum().item() == pytest.approx((weights * d.L_null(bits)).sum().item(), abs=1e-6)
     g = torch.Generator().manual_seed(1)
     x0 = torch.bernoulli(torch.full((1000, 20), p, dtype=torch.float64), generator=g)
-    gain, se = mean_and_stderr(K_per_example(d, ConstantNet(1), x0, "exact", generator=g) - d.L_null(x0))
+    gain, se = mean_and_stderr(K_per_example(d, ConstantNet(1), x0, "exact", generator=g) - d.L_null(x0), ddof=1)
     assert abs(gain) < 3 * se, (gain, se)
     # and the test can fail: a perturbed reverse kernel costs bits
-    bad, _ = mean_and_stderr(K_per_example(d, ConstantNet(1, 0.5), x0, "exact", generator=g) - d.L_null(x0))
+    bad, _ = mean_and_stderr(K_per_example(d, ConstantNet(1, 0.5), x0, "exact", generator=g) - d.L_null(x0), ddof=1)
     assert bad < -10 * se
 
 

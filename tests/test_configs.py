@@ -9,8 +9,9 @@ from dpm.app.compose import config_dir
 
 CONF = config_dir()
 
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "task"))  # train.py's
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+TASK_FILES = sorted(f.stem for f in (CONF / "task").glob("*.yaml"))  # evaluate.py's task group
 
 
 def test_every_group_has_options():
@@ -52,3 +53,18 @@ def test_evaluate_config_requires_a_checkpoint(compose_cfg):
     cfg = compose_cfg([], config_name="evaluate")
     assert OmegaConf.is_missing(cfg, "ckpt_path")
     assert cfg.estimator == "exact" and cfg.task == "bound"
+
+
+def test_each_task_of_the_registry_has_its_config_file():
+    from dpm.tasks import TASKS
+
+    assert TASK_FILES == sorted(TASKS)  # one file per task of the registry, none without a task
+
+
+@pytest.mark.parametrize("task", TASK_FILES)
+def test_task_file_sets_its_task_and_its_node(compose_cfg, task):
+    cfg = compose_cfg(["ckpt_path=x", f"task={task}"], config_name="evaluate")
+    assert cfg.task == task
+    others = [t for t in TASK_FILES if t != task and t in cfg]
+    assert not others, others  # another task's node is not in this task's config
+    assert ("estimator" in cfg) == (task == "bound")

@@ -87,6 +87,7 @@ def test_nonfinite_loss_on_one_rank_is_skipped_on_every_rank(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_multirun_with_ddp_leaves_one_sweep_directory(tmp_path):
     sweep = tmp_path / "sweep"
     out = subprocess.run([sys.executable, "train.py", "-m", "seed=0,1", *DDP, "trainer.max_steps=4", "test_at_end=false",
@@ -107,7 +108,7 @@ def roll_ckpt(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("roll")
     train(compose(["trainer.max_steps=30", "trainer.val_check_interval=30", "dataset.n_train=512",
-                   "dataset.n_val=101", "dataset.n_test=101", "dataset.batch_size=64", "T=12", "callbacks=none",
+                   "dataset.n_val=101", "dataset.n_test=101", "dataset.batch_size=64", "T=12", "callbacks=minimal",
                    "logger=none", "test_at_end=false", "trainer.enable_progress_bar=false"]), out)
     return out / "checkpoints" / "last.ckpt"
 
@@ -119,25 +120,25 @@ def _evaluate_in_process(ckpt: Path, out: Path, *args: str) -> dict:
     return evaluate(compose([f"ckpt_path={ckpt}", "progress=false", *args], config_name="evaluate"), out)
 
 
-def test_evaluate_gives_the_same_K_on_1_and_2_processes_and_any_batch_size(roll_ckpt, tmp_path):
+@pytest.mark.parametrize("estimator", ["exact", pytest.param("mc", marks=pytest.mark.slow)])
+def test_evaluate_gives_the_same_K_on_1_and_2_processes_and_any_batch_size(roll_ckpt, tmp_path, estimator):
     """101 test examples (an odd count: the shards differ in size) on 1 process with batches of 1000 and 7, and
     on 2 gloo processes with a global batch of 16 (evaluate.py devices=2): K to 1e-6 relative, every example
-    counted once, for both estimators."""
-    for estimator in ("exact", "mc"):
-        args = (f"estimator={estimator}", "n_t=3")
-        runs = {name: _evaluate_in_process(roll_ckpt, tmp_path / f"{estimator}-{name}", *args, f"batch_size={b}")
-                for name, b in (("1x1000", 1000), ("1x7", 7))}
-        proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={roll_ckpt}", "progress=false", *args,
-                               "devices=2", "accelerator=cpu", "batch_size=16",
-                               f"hydra.run.dir={tmp_path / estimator}-2x16"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs["2x16"] = json.loads((tmp_path / f"{estimator}-2x16" / "eval.json").read_text())
-        assert runs["2x16"]["processes"] == 2
-        for name, run in runs.items():
-            assert run["n_examples"] == 101, name
-            for key in ("K", "K_stderr", "L_null", "K_minus_L_null"):
-                assert run[key] == pytest.approx(runs["1x1000"][key], rel=1e-6, abs=1e-9), (estimator, name, key)
+    counted once, for each estimator."""
+    args = (f"estimator={estimator}", "n_t=3")
+    runs = {name: _evaluate_in_process(roll_ckpt, tmp_path / f"{estimator}-{name}", *args, f"batch_size={b}")
+            for name, b in (("1x1000", 1000), ("1x7", 7))}
+    proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={roll_ckpt}", "progress=false", *args,
+                           "devices=2", "accelerator=cpu", "batch_size=16",
+                           f"hydra.run.dir={tmp_path / estimator}-2x16"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs["2x16"] = json.loads((tmp_path / f"{estimator}-2x16" / "eval.json").read_text())
+    assert runs["2x16"]["processes"] == 2
+    for name, run in runs.items():
+        assert run["n_examples"] == 101, name
+        for key in ("K", "K_stderr", "L_null", "K_minus_L_null"):
+            assert run[key] == pytest.approx(runs["1x1000"][key], rel=1e-6, abs=1e-9), (estimator, name, key)
 
 
 VALIDATE_SCRIPT = textwrap.dedent('''
@@ -168,6 +169,7 @@ def validate(ckpt: str, devices: int, batch: int) -> dict:
     return {k: float(v) for k, v in metrics.items()}
 
 
+@pytest.mark.slow
 def test_val_K_is_the_same_on_1_and_2_processes_and_any_batch_size(roll_ckpt, tmp_path):
     got = {(1, batch): validate(str(roll_ckpt), 1, batch) for batch in (1000, 7)}
     script, out = tmp_path / "validate.py", tmp_path / "2x16.json"
@@ -182,11 +184,12 @@ def test_val_K_is_the_same_on_1_and_2_processes_and_any_batch_size(roll_ckpt, tm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_resume_on_2_ranks_reproduces_the_uninterrupted_run(tmp_path):
     """8 steps on 2 gloo processes == 5 steps (stopped mid-epoch) + 3 resumed, weights bit for bit: each rank's
     keyed draws and its data shard continue where they stopped."""
     args = [a for a in DDP if not a.startswith(("trainer.val_check_interval", "callbacks."))] + [
-        "trainer.val_check_interval=2", "test_at_end=false", "callbacks=none", "logger=none"]
+        "trainer.val_check_interval=2", "test_at_end=false", "callbacks=minimal", "logger=none"]
 
     def train(out: Path, *extra: str) -> Path:
         proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={out}", *extra], cwd=ROOT,
@@ -204,6 +207,7 @@ def test_resume_on_2_ranks_reproduces_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_evaluate_multirun_on_2_processes_leaves_one_sweep_directory(roll_ckpt, tmp_path):
     sweep = tmp_path / "sweep"
     out = subprocess.run([sys.executable, "evaluate.py", "-m", f"ckpt_path={roll_ckpt}", "limit=40,50", "devices=2",

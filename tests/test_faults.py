@@ -1,7 +1,8 @@
-"""Bad input, faults and hostile files through train.py and evaluate.py as a user runs them (subprocesses).
+"""Bad input, faults and hostile files through train.py and evaluate.py as a user runs them.
 
 Each case checks the exit code, a short message without a traceback, and that no file that existed before the
-command changed. HYDRA_FULL_ERROR=1 still gives the traceback.
+command changed: every case through dpm.app.cli.main in-process, a few through a subprocess in the default suite
+and all of them under -m slow. HYDRA_FULL_ERROR=1 still gives the traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+# imported here, not inside a test: Lightning's log handler must not hold a test's captured (later closed) stderr
+from dpm.app import cli
+from dpm.app.compose import compose
+from dpm.app.evaluate import evaluate
+from dpm.app.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
@@ -41,8 +50,7 @@ def snapshot(root: Path) -> dict[str, str]:
 def ws(tmp_path_factory):
     """A workspace with one finished tiny run, a junk file, crafted checkpoints and corrupt data files."""
     root = tmp_path_factory.mktemp("faults")
-    out = run("train.py", *TINY, f"hydra.run.dir={root / 'run'}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    train(compose(TINY), root / "run")  # train.py itself runs in tests/test_cli.py
     ckpt = root / "run" / "checkpoints" / "last.ckpt"
     (root / "junk.ckpt").write_bytes(os.urandom(4096))
     real = torch.load(ckpt, weights_only=True)
@@ -53,6 +61,7 @@ def ws(tmp_path_factory):
         hostile = dict(real)
         hostile["dpm_config"] = {**real["dpm_config"], "dataset": target}
         torch.save(hostile, root / f"{name}.ckpt")
+    torch.save({"state_dict": {}}, root / "foreign.ckpt")  # a checkpoint of another program
     with open(root / "pickle_bomb.ckpt", "wb") as f:  # unpickling it would write a file
         pickle.dump({"dpm_config": {}, "state_dict": Bomb(str(root / "pwned"))}, f)
     cifar = root / "cifar" / "cifar-10-batches-py"
@@ -82,9 +91,7 @@ def ckpt(ws: Path) -> str:
 
 # (name, script, arguments given the workspace, exit code, a regex the stderr must match)
 CASES = [
-    ("unknown dataset", "train.py", lambda w: ["dataset=nosuchdata"], 1, r"Could not find 'dataset/nosuchdata'"),
     ("T below 2", "train.py", lambda w: ["T=1"], 2, r"T=1 is invalid"),
-    ("T not a number", "train.py", lambda w: ["T=abc"], 2, r"T='abc' is invalid: it must be an integer"),
     ("val_n_t zero", "train.py", lambda w: ["val_n_t=0"], 2, r"val_n_t=0 is invalid"),
     ("negative lr", "train.py", lambda w: ["optimizer.lr=-1"], 2, r"optimizer.lr=-1 is invalid"),
     ("zero lr", "train.py", lambda w: ["optimizer.lr=0"], 2, r"optimizer.lr=0 is invalid"),
@@ -92,7 +99,6 @@ CASES = [
     ("beta_1 one", "train.py", lambda w: ["schedule.beta_1=1"], 2, r"schedule.beta_1=1 is invalid"),
     ("beta_1 large", "train.py", lambda w: ["schedule.beta_1=0.7"], 2, r"nothing can be learned"),
     ("beta_T above one", "train.py", lambda w: ["schedule.beta_T=1.5"], 2, r"schedule.beta_T=1.5 is invalid"),
-    ("batch size zero", "train.py", lambda w: ["dataset.batch_size=0"], 2, r"dataset.batch_size=0 is invalid"),
     ("one training example", "train.py", lambda w: ["dataset.n_train=1"], 2, r"dataset.n_train=1 is invalid"),
     ("max_steps zero", "train.py", lambda w: ["trainer.max_steps=0"], 2, r"trainer.max_steps=0 is invalid"),
     ("val interval zero", "train.py", lambda w: ["trainer.val_check_interval=0"], 2,
@@ -108,7 +114,6 @@ CASES = [
     ("bark with data_dir", "train.py", lambda w: ["dataset=bark", f"+dataset.data_dir={w}"], 2,
      r"dataset.data_dir=.* is not used by bark: give .* dataset.folder"),
     ("unknown key added", "train.py", lambda w: ["+dataset.nosuchkey=1"], 2, r"dataset.nosuchkey is not a setting"),
-    ("unknown key overridden", "train.py", lambda w: ["dataset.nosuchkey=1"], 1, r"Could not override"),
     ("missing checkpoint to resume", "train.py", lambda w: [f"ckpt_path={w / 'nope.ckpt'}"], 2, r"is not a file"),
     ("junk checkpoint to resume", "train.py", lambda w: [f"ckpt_path={w / 'junk.ckpt'}"], 2,
      r"could not be read as a checkpoint"),
@@ -144,8 +149,6 @@ CASES = [
      r"limit=-1 is invalid"),
     ("evaluate batch size zero", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "batch_size=0"], 2,
      r"batch_size=0 is invalid"),
-    ("evaluate unknown task", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "task=nosuch"], 2,
-     r"task='nosuch' is unknown"),
     ("evaluate unknown estimator", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "estimator=foo"], 2,
      r"estimator='foo' is unknown"),
     ("evaluate n_t zero", "evaluate.py", lambda w: [f"ckpt_path={ckpt(w)}", "estimator=mc", "n_t=0"], 2,
@@ -168,36 +171,128 @@ if not torch.cuda.is_available():
                   lambda w: [f"ckpt_path={ckpt(w)}", "devices=2", "accelerator=gpu"], 2, r"devices=2 accelerator=gpu"))
 
 
-@pytest.mark.parametrize("name,script,args,code,message", CASES, ids=[c[0] for c in CASES])
-def test_fault(ws, name, script, args, code, message):
+CASES += [
+    ("evaluate a missing checkpoint", "evaluate.py", lambda w: [f"ckpt_path={w / 'nope.ckpt'}"], 2,
+     r"ckpt_path=.*nope.ckpt"),
+    ("evaluate a junk checkpoint", "evaluate.py", lambda w: [f"ckpt_path={w / 'junk.ckpt'}"], 2,
+     r"could not be read as a checkpoint"),
+    ("evaluate a checkpoint of another program", "evaluate.py", lambda w: [f"ckpt_path={w / 'foreign.ckpt'}"], 2,
+     r"not a dpm checkpoint"),
+]
+# One subprocess each for a refused checkpoint (train.py and evaluate.py) in the default suite; the other cases run
+# through dpm.app.cli.main in-process below (the same code after Hydra's composition), by subprocess under -m slow.
+SUBPROCESS_BY_DEFAULT = {"pickle bomb resumed, env forcing unsafe loads", "evaluate a crafted checkpoint"}
+NO_WEIGHTS_ONLY = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # must not lift the checkpoint's weights_only=True
+
+
+def case_overrides(ws: Path, name: str, script: str, args, runs: str = "new") -> list[str]:
+    """The case's command line: the tiny budget, its own arguments, and a fresh run directory under ws/runs unless
+    it names one."""
     import re
 
-    before = snapshot(ws)
     extra = args(ws)
     given_dir = any(a.startswith("hydra.run.dir=") for a in extra)
-    out_dir = [] if given_dir else [f"hydra.run.dir={ws / 'new' / re.sub(r'[^A-Za-z0-9]+', '_', name)}"]
-    base = TINY if script == "train.py" else ["progress=false"]
-    env = {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # must not lift the checkpoint's weights_only=True
-    out = run(script, *base, *extra, *out_dir, env=env)
-    assert out.returncode == code, (out.returncode, out.stderr[-3000:])
-    assert re.search(message, out.stderr, re.S), out.stderr[-3000:]
-    assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
-    error_lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert code == 1 and "Could not" in out.stderr or (len(error_lines) == 1 and len(error_lines[0]) < 1200)
+    out_dir = [] if given_dir else [f"hydra.run.dir={ws / runs / re.sub(r'[^A-Za-z0-9]+', '_', name)}"]
+    return [*(TINY if script == "train.py" else ["progress=false"]), *extra, *out_dir]
+
+
+def assert_refused_cleanly(ws: Path, before: dict, code: int, message: str, got: int, stdout: str, stderr: str):
+    import re
+
+    assert got == code, (got, stderr[-3000:])
+    assert re.search(message, stderr, re.S), stderr[-3000:]
+    assert "Traceback" not in stderr + stdout, stderr[-3000:]
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 1 and "Could not" in stderr or (len(error_lines) == 1 and len(error_lines[0]) < 1200)
     after = snapshot(ws)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing that existed changed
     assert not (ws / "pwned").exists()
 
 
-def test_full_traceback_on_request(ws):
-    out = run("train.py", *TINY, "T=1", f"hydra.run.dir={ws / 'new' / 'full'}", env={"HYDRA_FULL_ERROR": "1"})
-    assert out.returncode != 0 and "Traceback" in out.stderr and "T=1 is invalid" in out.stderr
+CONFIG_ERRORS = [  # Hydra's own composition errors, and dpm's checks of a composed config
+    ("unknown group option", "train.py", ["dataset=nosuchdata"],
+     r"Could not find 'dataset/nosuchdata'.*Available options in 'dataset'.*swiss_roll"),
+    ("unknown key", "train.py", ["dataset.batch_sise=1"], r"Could not override 'dataset.batch_sise'"),
+    ("bad type", "train.py", ["T=abc"], r"error: T='abc' is invalid: it must be an integer"),
+    ("bad value", "train.py", ["dataset.batch_size=0"], r"error: dataset.batch_size=0 is invalid"),
+    ("unknown task", "evaluate.py", ["ckpt_path=x", "task=nosuch"],
+     r"Could not find 'task/nosuch'.*Available options in 'task'.*inpaint"),
+]
+
+
+@pytest.mark.parametrize("script,args,message", [c[1:] for c in CONFIG_ERRORS], ids=[c[0] for c in CONFIG_ERRORS])
+def test_a_configuration_error_exits_2_with_one_short_message(tmp_path, script, args, message):
+    """Exit 2 for any bad setting, whether Hydra finds it while composing (it would exit 1: dpm.app.cli.run_app)
+    or dpm's checks do; the message names the key (and Hydra's lists the valid options), no traceback, nothing
+    written but Hydra's log."""
+    import re
+
+    out = run(script, *args, f"hydra.run.dir={tmp_path / 'out'}", "progress=false")
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert re.search(message, out.stderr, re.S), out.stderr[-3000:]
+    assert "Traceback" not in out.stderr + out.stdout and len(out.stderr) < 1500, out.stderr
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".log"]  # Hydra's log
+    assert not written, written
+
+
+@pytest.mark.parametrize("name,script,args,code,message",
+                         [pytest.param(*c, marks=() if c[0] in SUBPROCESS_BY_DEFAULT
+                                       else pytest.mark.slow) for c in CASES], ids=[c[0] for c in CASES])
+def test_fault(ws, name, script, args, code, message):
+    before = snapshot(ws)
+    out = run(script, *case_overrides(ws, name, script, args), env=NO_WEIGHTS_ONLY)
+    assert_refused_cleanly(ws, before, code, message, out.returncode, out.stdout, out.stderr)
+
+
+def cli_in_process(script: str, overrides: list[str], monkeypatch) -> int:
+    """What `python SCRIPT OVERRIDES` does after Hydra has composed the config (its run_job: the hydra node set
+    aside, the output directory from hydra.run.dir), then dpm.app.cli.main; returns the exit code."""
+    name = script.removesuffix(".py")
+    cfg = compose(overrides, config_name=name, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(cfg.hydra.run.dir)
+    monkeypatch.setenv(cli.JOB_OVERRIDES_ENV, "[]")  # main sets it for DDP children: restored afterwards
+    sigterm = signal.getsignal(signal.SIGTERM)
+    HydraConfig.instance().set_config(cfg)
+    job = cfg.copy()
+    with open_dict(job):
+        del job["hydra"]
+    try:
+        cli.main(train if name == "train" else evaluate, job, name)
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        HydraConfig.instance().cfg = None
+        signal.signal(signal.SIGTERM, sigterm)
+    return 0
+
+
+IN_PROCESS = CASES  # Hydra's own composition errors: test_a_configuration_error_exits_2_with_one_short_message
+SLOW_IN_PROCESS = {"non-finite training"}  # ~25 steps; tests/test_run.py stops a non-finite run in the default suite
+
+
+@pytest.mark.parametrize("name,script,args,code,message",
+                         [pytest.param(*c, marks=pytest.mark.slow if c[0] in SLOW_IN_PROCESS else ())
+                          for c in IN_PROCESS], ids=[c[0] for c in IN_PROCESS])
+def test_fault_in_process(ws, name, script, args, code, message, monkeypatch, capsys):
+    """Each case through dpm.app.cli.main in this process: the exit code, one short message, no file changed."""
+    for key, value in NO_WEIGHTS_ONLY.items():
+        monkeypatch.setenv(key, value)
+    before = snapshot(ws)
+    got = cli_in_process(script, case_overrides(ws, name, script, args, "in_process"), monkeypatch)
+    out = capsys.readouterr()
+    assert_refused_cleanly(ws, before, code, message, got, out.out, out.err)
+
+
+def test_full_traceback_on_request(ws, monkeypatch):
+    """HYDRA_FULL_ERROR=1: the error goes on to Hydra, which prints its traceback, instead of becoming exit 2."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ValueError, match="T=1 is invalid"):
+        cli_in_process("train.py", [*TINY, "T=1", f"hydra.run.dir={ws / 'new' / 'full'}"], monkeypatch)
 
 
 def test_resume_applies_a_changed_learning_rate(ws, tmp_path):
-    out = run("train.py", *TINY, "trainer.max_steps=6", "optimizer.lr=0.5", f"ckpt_path={ckpt(ws)}",
-              f"hydra.run.dir={tmp_path / 'resumed'}")
-    assert out.returncode == 0, out.stderr[-3000:]
+    train(compose([*TINY, "trainer.max_steps=6", "optimizer.lr=0.5", f"ckpt_path={ckpt(ws)}"]), tmp_path / "resumed")
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 6
     assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.5  # applied, not just recorded
@@ -230,6 +325,7 @@ def test_signal_writes_last_ckpt_and_exits_nonzero(tmp_path, sig, code):
     assert f"holds step {step}" in err
 
 
+@pytest.mark.slow
 def test_interrupted_evaluation_writes_nothing(tmp_path):
     out = run("train.py", *TINY, "dataset.n_test=3000", "test_at_end=false", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 0, out.stderr[-3000:]

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from dpm.core.bound import K_per_example, mean_and_stderr
+from dpm.core.bound import K_per_example
+from dpm.core.stats import mean_and_stderr
 from dpm.core.gaussian import GaussianDiffusion, normal_kl
 from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet, random_mlp
@@ -50,7 +51,7 @@ def test_isotropic_model_gives_K_equal_L_null_on_standard_normal_data():
     d = diffusion("sd2015", T=60)
     x0 = torch.randn(2000, 2, dtype=torch.float64)
     K = K_per_example(d, ConstantNet(2), x0, "exact")
-    gain, se = mean_and_stderr(K - d.L_null(x0))
+    gain, se = mean_and_stderr(K - d.L_null(x0), ddof=1)
     assert abs(gain) < 3 * se, (gain, se)
     # and it is not trivially zero: a perturbed mean costs bits
     K_bad = K_per_example(d, ConstantNet(2, 0.5), x0, "exact")
@@ -101,10 +102,10 @@ def test_exact_and_mc_estimators_agree():
     with torch.no_grad():
         exact = K_per_example(d, net, x0, "exact")
         mc = K_per_example(d, net, x0, "mc", n_t=5)
-    (m_e, se_e), (m_m, se_m) = mean_and_stderr(exact), mean_and_stderr(mc)
+    (m_e, se_e), (m_m, se_m) = mean_and_stderr(exact, ddof=1), mean_and_stderr(mc, ddof=1)
     assert abs(m_e - m_m) < 3 * math.hypot(se_e, se_m)
     # the same examples: the paired difference is a sharper test of the mc weighting
-    diff, se_d = mean_and_stderr(mc - exact)
+    diff, se_d = mean_and_stderr(mc - exact, ddof=1)
     assert abs(diff) < 4 * se_d
     assert se_m > se_e  # drawing t adds variance
 
@@ -123,14 +124,36 @@ def test_training_estimator_is_unbiased_for_the_kl_sum():
     assert abs(exact.mean().item() - one_t.mean().item()) < 4 * se
 
 
-def test_sampling_has_the_data_shape_and_is_finite():
+@pytest.mark.parametrize("reverse_form", ["code", "paper"])
+def test_sampling_is_the_ancestral_chain_of_the_reverse_kernels(reverse_form):
+    """The chain replayed by hand from the same generator: x_T ~ N(0, I), then x_{t-1} = mu + sigma eps with the
+    network's mu, sigma^2 written out from Eq. 64-65 (paper) or the released code for t >= 2, and the fixed
+    N(sqrt(1 - beta_1) x_1, beta_1) at t = 1; the kept states are the chain's own."""
     T = 15
-    d = GaussianDiffusion(Schedule("geometric", T=T))
+    d = GaussianDiffusion(Schedule("geometric", T=T), reverse_form=reverse_form)
     net = random_mlp(2, 2, T)
-    g = torch.Generator().manual_seed(0)
-    x0, kept = d.sample(net, (64, 2), g, keep=(T, 7, 0))
-    assert x0.shape == (64, 2) and torch.isfinite(x0).all()
+    x0, kept = d.sample(net, (64, 2), torch.Generator().manual_seed(0), keep=(T, 7, 0))
     assert set(kept) == {T, 7, 0} and torch.equal(kept[0], x0)
+    g = torch.Generator().manual_seed(0)
+    beta = d.beta().float()
+    x = torch.randn((64, 2), generator=g)
+    states = {T: x}
+    with torch.no_grad():
+        for t in range(T, 0, -1):
+            b = beta[t - 1]
+            if t == 1:
+                mean, var = (1 - b).sqrt() * x, b
+            else:
+                z_mu, z_var = net(x, torch.full((64,), t)).unbind(1)
+                if reverse_form == "code":
+                    mean, var = (1 - b).sqrt() * x + b.sqrt() * z_mu, torch.sigmoid(z_var / T**0.5 + torch.logit(b))
+                else:
+                    var = torch.sigmoid(z_var + torch.logit(b))
+                    mean = (x - z_mu) * (1 - var) + z_mu
+            x = mean + var.sqrt() * torch.randn((64, 2), generator=g)
+            states[t - 1] = x
+    for t in (T, 7, 0):
+        torch.testing.assert_close(kept[t], states[t], rtol=1e-5, atol=1e-5)
 
 
 def test_sampler_applies_the_final_fixed_step():

@@ -336,7 +336,7 @@ def test_dequantization_width(mode):
     assert u.abs().max().item() <= w / 2 + 1e-6
     if w:  # U(-w/2, w/2): variance w^2 / 12
         assert abs(u.double().var().item() / (w * w / 12) - 1) < 0.05
-        assert dm.nll_bits_per_dim_8bit(0.0) is not None
+        assert dm.nll_bits_per_dim_8bit(0.0) == pytest.approx(-math.log2(w))  # -log2 w - K at K = 0
     else:
         assert torch.equal(u, torch.zeros_like(u)) and dm.nll_bits_per_dim_8bit(0.0) is None
 
@@ -410,8 +410,9 @@ def test_train_evaluate_sample_on_digits(tmp_path):
     assert saved["K_bits_per_dim"] == pytest.approx(result["K"])  # one channel: per pixel = per dimension
     ecfg.task = "sample"
     evaluate(ecfg, tmp_path / "sample")
-    png = Image.open(tmp_path / "sample" / "samples.png")
-    assert png.size[0] > 100
+    png = np.asarray(Image.open(tmp_path / "sample" / "samples.png").convert("RGB")).astype(int)
+    assert (png.max(-1) == png.min(-1)).all()  # one channel: drawn in grey
+    assert len(np.unique(png[..., 0])) > 10  # grey levels of samples and digits, not a blank page
 
 
 def test_tile_places_images_row_by_row():
@@ -432,11 +433,17 @@ def test_image_figure_colour(tmp_path):
     from dpm.core.schedules import Schedule
     from tests.helpers import ConstantNet
 
-    rng = np.random.default_rng(0)
-    write_cifar(tmp_path, rng.integers(0, 256, (10, 3, 32, 32), dtype=np.uint8),
-                rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
+    colour = np.array([200, 40, 120], dtype=np.uint8)  # every training image this one colour
+    train = np.broadcast_to(colour[None, :, None, None], (10, 3, 32, 32)).copy()
+    write_cifar(tmp_path, train, np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8))
     dm = CIFAR10DataModule(data_dir=str(tmp_path), download=False, n_val=2)
     dm.setup()
     module = DiffusionModule(ConstantNet(2), GaussianDiffusion(Schedule("sd2015", T=3)), optimizer=torch.optim.Adam)
     path = draw(module, dm, tmp_path / "fig" / "samples.png", seed=0)
-    assert Image.open(path).mode in ("RGB", "RGBA")
+    pixels = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    is_colour = (np.abs(pixels - colour).max(-1) <= 2)
+    _, cols = np.nonzero(is_colour)
+    # the 8 training images in their colour, enlarged, and only in the right-hand panel
+    assert is_colour.sum() > 8 * 32 * 32 and cols.min() > pixels.shape[1] / 2
+    left = pixels[:, : pixels.shape[1] // 2]
+    assert ((left.max(-1) - left.min(-1)) > 60).sum() > 1000  # the samples are colour noise, not grey

@@ -38,6 +38,7 @@ def local_sweep(tmp_path_factory):
     return sweep, proc
 
 
+@pytest.mark.timeout(900)  # the first test to use local_sweep waits for the sweep
 def test_local_launcher_runs_both_jobs_in_parallel_and_records_the_failure(local_sweep):
     sweep, proc = local_sweep
     assert proc.returncode != 0 and "non-finite" in proc.stderr  # Hydra reports the failed job ...
@@ -55,6 +56,7 @@ def test_local_launcher_runs_both_jobs_in_parallel_and_records_the_failure(local
     assert torch.load(sweep / "1" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20  # each validation
 
 
+@pytest.mark.timeout(900)
 def test_report_of_a_sweep_whose_job_failed_halfway(local_sweep):
     sweep, _ = local_sweep
     result = report([sweep])
@@ -161,6 +163,7 @@ def test_sweep_group_is_null_without_hydra_and_the_sweep_name_inside_a_sweep_job
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_wandb_sweep_jobs_share_a_group_offline(tmp_path):
     """Two jobs with logger=wandb offline: both W&B runs carry the sweep's group; the report logs its artifact."""
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}

@@ -1,12 +1,12 @@
 """The learned schedule (paper 2.4.1) after real training: valid betas, kept in the checkpoint, used by evaluate.py;
-and the schedule figure (dpm.figures.schedule, dpm.model.callbacks.ScheduleFigure)."""
+and the schedule figure (dpm.figures.schedule, dpm.figures.callbacks.ScheduleFigure)."""
 
 import json
 
 import pytest
 import torch
 
-from dpm.model.callbacks import ScheduleFigure
+from dpm.figures.callbacks import ScheduleFigure
 from dpm.figures.schedule import schedule
 from dpm.app.evaluate import evaluate
 from dpm.app.checkpoint import load_checkpoint

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpm.core.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
+from dpm.core.parzen import choose_sigma, parzen_log_likelihood, sigma_grid
+from dpm.core.stats import mean_and_stderr
 
 
 def direct(x: np.ndarray, samples: np.ndarray, sigma: float) -> np.ndarray:
@@ -60,5 +61,6 @@ def test_chosen_sigma_is_the_argmax_on_validation():
 
 def test_mean_and_stderr_as_the_public_code():
     ll = torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64)
-    mean, se = mean_and_stderr(ll)
+    mean, se = mean_and_stderr(ll, ddof=0)  # Parzen's: numpy's default std, as Goodfellow et al.'s code
     assert mean == 3.5 and se == pytest.approx(np.std(ll.numpy()) / 2)
+    assert mean_and_stderr(ll, ddof=1)[1] == pytest.approx(np.std(ll.numpy(), ddof=1) / 2)  # the bound's

@@ -120,7 +120,10 @@ def test_complete_keeps_the_given_bins(heartbeat, tmp_path, particles):
     arrays = np.load(tmp_path / "complete.npz")
     assert np.array_equal(arrays["result"][:, :5], arrays["x0"][:, :5])
     assert result["patterns_consistent_per_example"] == 1.0  # 5 bins fix the phase
-    assert 0.0 <= result["fraction_consistent"] <= 1.0
+    # 5 bins fix the phase, so the one consistent pattern is the held-out sequence itself: the fraction is that of
+    # completions equal to it, counted here from the saved arrays
+    whole = (arrays["result"] == arrays["x0"]).all(1)
+    assert result["fraction_consistent"] == pytest.approx(whole.mean())
     assert result["particles"] == particles
     if particles == 1:
         assert result["sampler"] == "single chain" and result["r_over_t"] == "constant"
@@ -132,6 +135,23 @@ def test_complete_keeps_the_given_bins(heartbeat, tmp_path, particles):
     assert result["resamplings"] == arrays["resampled"].sum() and 1 <= result["final_ess"] <= particles
     # the completion is one of each sequence's particles
     assert (arrays["particles"] == arrays["result"][:, None]).all(2).any(1).all()
+
+
+def test_complete_counts_the_completions_that_are_the_held_out_pattern(tmp_path):
+    """With the exact per-bit reverse kernel some completions are right and some are not: fraction_consistent is
+    the share of completions equal to their held-out sequence (5 given bins fix the phase), counted here."""
+    from dpm.data.heartbeat import heartbeat_patterns
+    from tests.helpers import ExactHeartbeatKernel
+
+    dm = HeartbeatDataModule(n_train=100, n_val=20, n_test=60)
+    dm.setup()
+    d = BinomialDiffusion(Schedule("binomial", T=T), p=0.2)
+    result = run_task("complete", (dm, module(d, ExactHeartbeatKernel(d, heartbeat_patterns()))), tmp_path,
+                      "complete.k=5", "complete.n=40")
+    arrays = np.load(tmp_path / "complete.npz")
+    right = (arrays["result"] == arrays["x0"]).all(1)
+    assert 0 < right.sum() < len(right)
+    assert result["fraction_consistent"] == pytest.approx(right.mean())
 
 
 def test_complete_by_smc_is_seeded(heartbeat, tmp_path):
@@ -244,7 +264,7 @@ def test_mask_file_of_the_wrong_shape(digits, tmp_path):
 def test_evaluate_dispatches_the_tasks(tmp_path):
     tiny = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
             "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=64", "T=6",
-            "callbacks=none", "logger=none"]
+            "callbacks=minimal", "logger=none"]
     train(compose(tiny), tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     ev = compose([f"ckpt_path={ckpt}", "task=constrain", "progress=false", "constrain.n=50"],

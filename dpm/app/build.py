@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,9 +23,9 @@ from dpm.model.module import DiffusionModule
 def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataModule, DiffusionModule]:
     """The data module (set up) and the LightningModule a config describes."""
     check_train_config(cfg)
-    dm: DataModule = instantiate(cfg.dataset)
-    schedule = instantiate(cfg.schedule, T=cfg.T)
-    diffusion = instantiate(cfg.diffusion, schedule=schedule)
+    dm: DataModule = _build("dataset", cfg.dataset)
+    schedule = _build("schedule", cfg.schedule, T=cfg.T)
+    diffusion = _build("diffusion", cfg.diffusion, schedule=schedule)
     if datamodule_state is not None:
         dm.load_state_dict(datamodule_state)
     # Processes started together (torchrun, SLURM) would race on a download or a cache: one at a time; the
@@ -35,15 +36,30 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
         dm.prepare_data()
     dm.setup()
     diffusion.check_data(dm.splits["train"])
-    net = instantiate(cfg.net, data_shape=dm.data_shape, n_outputs=diffusion.n_outputs, T=cfg.T)
+    net = _build("net", cfg.net, data_shape=dm.data_shape, n_outputs=diffusion.n_outputs, T=cfg.T)
     module = DiffusionModule(
-        net, diffusion, optimizer=instantiate(cfg.optimizer),
-        lr_scheduler=instantiate(cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
+        net, diffusion, optimizer=_build("optimizer", cfg.optimizer),
+        lr_scheduler=_build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
         run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize)
     if cfg.get("compile"):
         module.net.compile()  # in place: the network only, and its state_dict keys stay those of a plain one
     return dm, module
+
+
+def _build(node: str, sub: DictConfig, **kwargs: Any) -> Any:
+    """instantiate(sub), a constructor's refusal of one of its settings (a ValueError or TypeError) turned into a
+    ConfigError that names the node's full key (its constructor is the one place that checks the setting)."""
+    try:
+        return instantiate(sub, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, (ValueError, TypeError)):
+            raise
+        message = str(cause)
+        if not message.startswith((f"{node}.", f"{node} ", "T=")):
+            message = f"{node} ({sub._target_.rsplit('.', 1)[-1]}): {message}"
+        raise ConfigError(message) from cause
 
 
 def checkpoint_config(ckpt: dict) -> Any:

@@ -20,8 +20,13 @@ from dpm.errors import ConfigError
 from dpm.io.files import write_atomic
 
 WEIGHTS = ("auto", "raw", "ema")
-# Where classes named by checkpoints written before the package was split into layers live now.
-MOVED_TARGETS = {"dpm.schedules.": "dpm.core.schedules.", "dpm.gaussian.": "dpm.core.gaussian.",
+# Where classes named by checkpoints written before the package was split into layers live now; the first
+# prefix that matches applies (the figure callbacks before the rest of their old module).
+MOVED_TARGETS = {"dpm.callbacks.SampleFigure": "dpm.figures.callbacks.SampleFigure",
+                 "dpm.callbacks.ScheduleFigure": "dpm.figures.callbacks.ScheduleFigure",
+                 "dpm.model.callbacks.SampleFigure": "dpm.figures.callbacks.SampleFigure",
+                 "dpm.model.callbacks.ScheduleFigure": "dpm.figures.callbacks.ScheduleFigure",
+                 "dpm.schedules.": "dpm.core.schedules.", "dpm.gaussian.": "dpm.core.gaussian.",
                  "dpm.binomial.": "dpm.core.binomial.", "dpm.callbacks.": "dpm.model.callbacks.",
                  "dpm.optim.": "dpm.model.optim.", "dpm.sweep.": "dpm.sweeps.jobs."}
 
@@ -36,6 +41,7 @@ def renamed_targets(node: Any) -> Any:
             for old, new in MOVED_TARGETS.items():
                 if target.startswith(old):
                     out["_target_"] = new + target[len(old):]
+                    break
         return out
     if isinstance(node, list):
         return [renamed_targets(v) for v in node]

@@ -27,7 +27,8 @@ ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "lr_scheduler": (("dpm.model.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
     "trainer": (("lightning.pytorch.",), "lightning.pytorch.Trainer"),
     "trainer.strategy": (("lightning.pytorch.strategies.",), "lightning.pytorch.strategies.Strategy"),
-    "callbacks": (("lightning.pytorch.callbacks.", "dpm.model.callbacks."), "lightning.pytorch.Callback"),
+    "callbacks": (("lightning.pytorch.callbacks.", "dpm.model.callbacks.", "dpm.figures.callbacks."),
+                  "lightning.pytorch.Callback"),
     "logger": (("lightning.pytorch.loggers.",), "lightning.pytorch.loggers.Logger"),
 }
 # Plain functions that return an allowed object (a learning-rate schedule).
@@ -174,25 +175,20 @@ def _real(lo: float | None = None, hi: float | None = None, lo_open: bool = Fals
 
 
 PROB = _real(0, 1, lo_open=True, hi_open=True)
+# The ranges of the settings no constructor checks itself; a data set's and the diffusion's own settings are checked
+# by their constructors (dpm.data, dpm.core), which build() calls before anything is written (dpm.app.build).
 TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "T": _int(2),
     "seed": _int(0),
     "val_n_t": _int(1),
-    "dataset.batch_size": _int(1),
-    "dataset.eval_batch_size": _int(1),
-    "dataset.num_workers": _int(0),
-    "dataset.n_train": _int(2, allow=(None,)),
-    "dataset.n_val": _int(2, allow=(None,)),
-    "dataset.n_test": _int(2, allow=(None,)),
-    "dataset.noise": _real(0),
-    "dataset.seed": _int(0),
+    "test_n_t": _int(1),
+    "test_exact_max_T": _int(0),
     "schedule.beta_1": PROB,
     "schedule.beta_T": PROB,
     "schedule.step1_beta": PROB,
     "schedule.max_beta": PROB,
     "schedule.s": _real(0, lo_open=True),
     "schedule.n_basis": _int(1),
-    "diffusion.p": PROB,
     "optimizer.lr": _real(0, lo_open=True),
     "optimizer.weight_decay": _real(0),
     "optimizer.eps": _real(0, lo_open=True),
@@ -213,10 +209,8 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "callbacks.figure.every_n_val": _int(0),
     "progress_bar_every": _int(1),
 }
-EVAL_RULES: dict[str, Callable[[Any], str | None]] = {
-    "n_t": _int(1),
-    "batch_size": _int(1),
-    "limit": _int(1, allow=(None,)),
+EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks
+    "batch_size": _int(1),                                # its own: dpm.tasks)
     "seed": _int(0),
 }
 DEVICE_VALUES = "a positive integer, a list of device indices, or 'auto'"

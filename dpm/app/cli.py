@@ -3,7 +3,8 @@
 saying where the results are.
 
 Exit codes: 0 success; 1 a run that failed (no optimizer step, non-finite stop); 2 a setting, file or
-checkpoint that cannot be used (nothing was written); 130 SIGINT; 143 SIGTERM.
+checkpoint that cannot be used (nothing was written), Hydra's own composition errors included (an unknown group
+option or key, a malformed override: run_app); 130 SIGINT; 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -23,6 +24,20 @@ from dpm.app.lines import quiet_library_noise
 from dpm.app.rundir import global_rank_from_env, release, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
+_entered = False  # set once Hydra has called the task function (main below)
+
+
+def run_app(app: Callable[[], object]) -> None:
+    """Call a @hydra.main app (train.py's or evaluate.py's main). Hydra reports an error of its own (an unknown
+    group option or key, a malformed override, a config it cannot compose) by printing its short message and
+    exiting 1 before it calls the task function; that exit becomes 2, a configuration error. Hydra's message is
+    kept (HYDRA_FULL_ERROR=1 still shows its traceback); exits after the task function began are left as they are."""
+    try:
+        app()
+    except SystemExit as exit_:
+        if exit_.code == EXIT_FAILED and not _entered:
+            sys.exit(EXIT_CONFIG)
+        raise
 
 
 def _hydra_record() -> tuple[Path, dict[str, str]]:
@@ -71,6 +86,8 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
     """Run dpm.app.train.train or dpm.app.evaluate.evaluate in Hydra's run directory and turn its outcome into an exit code."""
     from dpm.errors import Interrupted, RunFailed
 
+    global _entered
+    _entered = True
     quiet_library_noise()
     out_dir, record = _hydra_record()
     os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children

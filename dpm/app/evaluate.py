@@ -1,36 +1,26 @@
-"""evaluate(cfg, out_dir): restore a model from its checkpoint and run one evaluate task in out_dir."""
+"""evaluate(cfg, out_dir): restore a model from its checkpoint and run one evaluate task (dpm.tasks) in out_dir."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpm.app.build import restore
 from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
 from dpm.app.rundir import claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import processes_cleaned_up
-from dpm.core.bound import ESTIMATORS
-from dpm.data.base import SPLITS, DataModule
+from dpm.data.base import SPLITS
 from dpm.errors import ConfigError
-from dpm.figures import draw
-from dpm.io.files import write_json
-from dpm.io.progress import Progress
-from dpm.model.module import DiffusionModule
-from dpm.tasks import TASKS as POSTERIOR_TASKS
-from dpm.tasks.bound import bound_over_split, format_table
-
-TASKS = ("bound", "sample", *POSTERIOR_TASKS)
+from dpm.tasks import TASKS
 
 
 def check_eval_config(cfg: DictConfig) -> None:
-    """evaluate.py's own settings, before the checkpoint is read."""
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task={cfg.task!r} is unknown; valid choices: {list(TASKS)}")
-    if cfg.estimator not in ESTIMATORS:
-        raise ConfigError(f"estimator={cfg.estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
+    """The settings evaluate.py's tasks share, before the checkpoint is read (each task checks its own, dpm.tasks)."""
+    if cfg.get("task") not in TASKS:
+        raise ConfigError(f"task={cfg.get('task')!r} is unknown; valid choices: {list(TASKS)}")
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r} is unknown; valid choices: {list(SPLITS)}")
     if cfg.weights not in WEIGHTS:
@@ -51,16 +41,17 @@ def eval_device(name: str) -> torch.device:
 
 
 def fabric_for_devices(cfg: DictConfig):
-    """A lightning.fabric.Fabric (launched by the caller) for evaluate.py devices=N (task=bound), or None for one
-    process.
+    """A lightning.fabric.Fabric (launched by the caller) for evaluate.py devices=N (a task that runs on several
+    processes: bound), or None for one process.
 
     Fabric starts the other processes by re-running this command (as the Trainer does for train.py) or joins
     those torchrun started (SLURM too, untried here); gloo on CPUs, NCCL on GPUs."""
     devices = cfg.get("devices", 1)
     if devices == 1:
         return None
-    if cfg.task != "bound":
-        raise ConfigError(f"devices={devices} applies to task=bound; task={cfg.task} runs in one process "
+    if not TASKS[cfg.task].processes:
+        many = [name for name, task in TASKS.items() if task.processes]
+        raise ConfigError(f"devices={devices} applies to task={'|'.join(many)}; task={cfg.task} runs in one process "
                           "(choose its device with device=...)")
     if cfg.device != "auto":
         raise ConfigError(f"device={cfg.device} chooses the one device of a single process; with devices={devices} "
@@ -77,15 +68,20 @@ def fabric_for_devices(cfg: DictConfig):
 
 
 def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
-    """task=bound: K on a split, written to out_dir/eval.json and printed beside the paper's Table 1 (on
-    `devices` processes); task=sample: a figure of samples with a fixed seed in out_dir; the posterior tasks
-    (dpm.tasks). out_dir must not hold earlier results."""
+    """Restore the checkpoint's model and run the task cfg.task names (dpm.tasks.TASKS: bound on `devices`
+    processes, sample, the posterior tasks, parzen) in out_dir, its settings checked before anything is written.
+    out_dir must not hold earlier results."""
     out_dir = Path(out_dir)
     check_eval_config(cfg)
+    task = TASKS[cfg.task]
     device = eval_device(cfg.device)
     fabric = fabric_for_devices(cfg)
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path)
     dm, module, weights = restore(ckpt, cfg.weights)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.weights = weights  # the weights loaded (auto resolved), as the results record them
+    settings = task.check(cfg, dm, module.diffusion)
     rank0 = global_rank_from_env() == 0
     if rank0:  # processes Fabric starts later write nothing of their own
         claim(out_dir, "evaluation")
@@ -94,26 +90,6 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     if fabric is not None:
         with processes_cleaned_up():
             fabric.launch()
-            return _bound(cfg, module.to(fabric.device).eval(), dm, weights, fabric.device, out_dir, fabric)
-    module.to(device).eval()
-    if cfg.task == "sample":
-        with Progress(module.diffusion.T, "sampling", unit="step", enabled=cfg.get("progress", True)) as bar:
-            path = draw(module, dm, out_dir / "samples.png", cfg.seed, on_step=bar.update)
-        return {"figure": str(path)}
-    if cfg.task in POSTERIOR_TASKS:  # inpaint, denoise, complete, constrain, parzen (dpm.tasks)
-        return POSTERIOR_TASKS[cfg.task](module, dm, cfg, out_dir, device)
-    return _bound(cfg, module, dm, weights, device, out_dir)
-
-
-def _bound(cfg: DictConfig, module: DiffusionModule, dm: DataModule, weights: str, device: torch.device,
-           out_dir: Path, fabric=None) -> dict:
-    result = bound_over_split(module, dm, split=cfg.split, estimator=cfg.estimator, n_t=cfg.n_t,
-                              batch_size=cfg.batch_size, limit=cfg.limit, seed=cfg.seed, device=device,
-                              progress=cfg.get("progress", True), fabric=fabric)
-    result.update(weights=weights, checkpoint=str(cfg.ckpt_path),
-                  processes=fabric.world_size if fabric is not None else 1)
-    if fabric is not None and fabric.global_rank != 0:
-        return result
-    write_json(out_dir / "eval.json", result)
-    print(format_table(result))
-    return {**result, "eval": str(out_dir / "eval.json")}
+            return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
+                            fabric=fabric)
+    return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)

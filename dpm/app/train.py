@@ -23,9 +23,9 @@ from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hy
 from dpm.app.trainer import _children, check_data_fits, make_callbacks, processes_cleaned_up, trainer_settings
 from dpm.data.base import DataModule
 from dpm.errors import Interrupted, RunFailed
-from dpm.io.files import write_json, write_text
+from dpm.io.files import write_text
 from dpm.model.module import DiffusionModule, NonFiniteStop
-from dpm.tasks.bound import bound_over_split, format_table
+from dpm.tasks.bound import bound_over_split, write_bound
 
 
 def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
@@ -115,8 +115,7 @@ def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_di
                               batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
                               progress=cfg.get("progress", True))
     result.update(weights=_weights_kind(module), checkpoint=str(out_dir / "checkpoints" / "last.ckpt"))
-    write_json(out_dir / "eval.json", result)
-    print(format_table(result))
+    write_bound(result, out_dir)
     return result
 
 

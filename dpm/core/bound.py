@@ -104,11 +104,3 @@ def K_per_example(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: s
     example, its index and the seed: the same for any batch size, batch order or number of processes."""
     with diffusion.one_pass():
         return diffusion.bound_const(x0) - kl_sum(diffusion, net, x0, estimator, n_t, generator, on_terms, keys)
-
-
-def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and its standard error std(ddof=1)/sqrt(n) over examples [N]."""
-    values = values.double()
-    n = values.numel()
-    se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
-    return values.mean().item(), se

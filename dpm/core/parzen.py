@@ -58,10 +58,3 @@ def choose_sigma(val: torch.Tensor, samples: torch.Tensor, sigmas: torch.Tensor,
     (float64 [K] nats)."""
     mean_ll = parzen_log_likelihood(val, samples, sigmas, **kwargs).mean(1)
     return float(sigmas[int(mean_ll.argmax())]), mean_ll
-
-
-def mean_and_stderr(ll: torch.Tensor) -> tuple[float, float]:
-    """mean and std / sqrt(N) of per-image log-likelihoods [N], the std over N as numpy's default (the public
-    estimator's `ll.std() / numpy.sqrt(N)`)."""
-    ll = ll.double()
-    return ll.mean().item(), (ll.std(correction=0) / math.sqrt(len(ll))).item()

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from dpm.core.bound import mean_and_stderr
+from dpm.core.stats import mean_and_stderr
 
 ROLL_T = (1.5 * math.pi, 4.5 * math.pi)  # make_swiss_roll: t = 1.5 pi (1 + 2 u), u ~ U(0, 1)
 LOG_2PI = math.log(2 * math.pi)
@@ -89,7 +89,7 @@ def truth_fields(K: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
     K, truth = K.detach().cpu().double().flatten(), truth.detach().cpu().double().flatten()
     if K.shape != truth.shape:
         raise ValueError(f"K {tuple(K.shape)} and truth {tuple(truth.shape)} must hold the same examples")
-    truth_mean, truth_se = mean_and_stderr(truth)
-    gap, gap_se = mean_and_stderr(K - truth)
+    truth_mean, truth_se = mean_and_stderr(truth, ddof=1)
+    gap, gap_se = mean_and_stderr(K - truth, ddof=1)
     return {"true_log_likelihood": truth_mean, "true_log_likelihood_stderr": truth_se,
             "gap_to_truth": gap, "gap_to_truth_stderr": gap_se}

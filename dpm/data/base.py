@@ -15,6 +15,14 @@ from dpm.core.keyed import Keys
 SPLITS = ("train", "val", "test")
 
 
+def count(key: str, value: object, least: int, why: str = "") -> int:
+    """value as an int >= least, else a ValueError naming dataset.<key>: the one check of a data set's counts
+    (the config's dataset node is checked here, by the constructor that owns it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"dataset.{key}={value!r} is invalid: it must be an integer >= {least}{why}")
+    return value
+
+
 class DataModule(L.LightningDataModule):
     """Subclasses set `name`, `unit`, `figure_kind` and implement `make_split`; images also override
     `units_per_example` (spatial pixels) and `dequantize`.
@@ -26,16 +34,12 @@ class DataModule(L.LightningDataModule):
     unit = "bits"  # the unit of K in the paper's Table 1: "bits", "bits/seq" or "bits/pixel"
     figure_kind = ""  # which dpm.figures function draws this data
 
-    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0,
+    def __init__(self, batch_size: int = 256, eval_batch_size: int = 1000, num_workers: int = 0,
                  seed: int = 0) -> None:
         super().__init__()
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if int(value) < 1:
-                raise ValueError(f"dataset.{key}={value} is invalid: must be a positive integer")
-        if int(num_workers) < 0:
-            raise ValueError(f"dataset.num_workers={num_workers} is invalid: must be >= 0")
-        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
-        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.batch_size = count("batch_size", batch_size, 1)
+        self.eval_batch_size = count("eval_batch_size", eval_batch_size, 1)
+        self.num_workers, self.seed = count("num_workers", num_workers, 0), count("seed", seed, 0)
         self.splits: dict[str, torch.Tensor] = {}
         self.device_splits: dict[str, torch.Tensor] = {}  # training data kept on the GPU (_to_training_device)
         self.shift: torch.Tensor | None = None  # x <- (x - shift) / scale, fitted on the training split
@@ -61,10 +65,8 @@ class DataModule(L.LightningDataModule):
     @staticmethod
     def check_sizes(**sizes: int) -> dict[str, int]:
         """{"train": n_train, ...} from the split sizes a config gives as n_train=..., each at least 2."""
-        for key, value in sizes.items():
-            if int(value) < 2:
-                raise ValueError(f"dataset.{key}={value} is invalid: a split needs at least 2 examples")
-        return {key.removeprefix("n_"): int(value) for key, value in sizes.items()}
+        return {key.removeprefix("n_"): count(key, value, 2, " (a split needs at least 2 examples)")
+                for key, value in sizes.items()}
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return (raw - self.shift) / self.scale

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from sklearn.datasets import make_swiss_roll
 
@@ -22,8 +24,8 @@ class SwissRollDataModule(DataModule):
     def __init__(self, n_train: int = 10000, n_val: int = 2000, n_test: int = 10000, noise: float = 0.0,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        if float(noise) < 0:
-            raise ValueError(f"dataset.noise={noise} is invalid: must be >= 0")
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
+            raise ValueError(f"dataset.noise={noise!r} is invalid: it must be a finite number >= 0")
         self.sizes = self.check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
         self.noise = float(noise)
 

@@ -1,6 +1,7 @@
 """Figures of a trained model, one function per kind of data (DataModule.figure_kind), each writing a PNG.
 
-A figure function takes (module, dm, path, seed, on_step=None) and returns the path it wrote.
+A figure function takes (module, dm, path, seed, progress=False) and returns the path it wrote; it samples
+through dpm.model.sampling.sample (progress: its progress line).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ FIGURES: dict[str, Callable[..., Path]] = {
 }
 
 
-def draw(module, dm, path: Path, seed: int = 0, on_step=None) -> Path:
-    """Write the figure for dm's kind of data to path (PNG), with the module in eval mode; on_step(1) after each
-    reverse step of its sampling (a dpm.io.progress.Progress's update)."""
+def draw(module, dm, path: Path, seed: int = 0, progress: bool = False) -> Path:
+    """Write the figure for dm's kind of data to path (PNG), with the module in eval mode; progress: a progress
+    line over its sampling."""
     if dm.figure_kind not in FIGURES:
         raise ValueError(f"no figure for data of kind {dm.figure_kind!r}; known: {sorted(FIGURES)}")
     was_training = module.training
     module.eval()
     try:
-        return FIGURES[dm.figure_kind](module, dm, path, seed, on_step=on_step)
+        return FIGURES[dm.figure_kind](module, dm, path, seed, progress=progress)
     finally:
         module.train(was_training)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dpm.figures.save import plt, save
+from dpm.model.sampling import sample
 
 
 def tile(images: torch.Tensor, pad: int = 1, cols: int | None = None) -> torch.Tensor:
@@ -23,15 +24,13 @@ def tile(images: torch.Tensor, pad: int = 1, cols: int | None = None) -> torch.T
     return grid.permute(1, 2, 0)
 
 
-def image(module, dm, path: Path, seed: int = 0, n: int = 64, on_step=None) -> Path:
+def image(module, dm, path: Path, seed: int = 0, n: int = 64, progress: bool = False) -> Path:
     """n samples of the reverse process (x_T ~ pi with a generator seeded by `seed`, every step including the
     fixed last one) next to the first n training images, both mapped back to raw pixel values
     (x * scale + shift, clipped to [0, 1]); grey for one channel, RGB for three."""
-    diffusion, net = module.diffusion, module.net
-    shape = tuple(dm.data_shape)
+    diffusion = module.diffusion
     g = torch.Generator(device=module.device).manual_seed(seed)
-    with torch.no_grad():
-        x0, _ = diffusion.sample(net, (n, *shape), g, module.device, on_step=on_step)
+    x0, _ = sample(module, (n, *dm.data_shape), g, "sampling", progress)
     panels = {f"samples (seed {seed})": dm.denormalize(x0.float().cpu()),
               "training images": dm.denormalize(dm.splits["train"][:n])}
     fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))

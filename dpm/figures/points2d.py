@@ -6,9 +6,10 @@ from pathlib import Path
 import torch
 
 from dpm.figures.save import plt, save
+from dpm.model.sampling import sample
 
 
-def points2d(module, dm, path: Path, seed: int = 0, n: int = 2000, on_step=None) -> Path:
+def points2d(module, dm, path: Path, seed: int = 0, n: int = 2000, progress: bool = False) -> Path:
     """The paper's Figure 1 for 2-D data: forward diffusion q(x_t) (top), reverse samples p(x_t) at the same
     times (middle), and the drift f_mu(x_t, t) - x_t of the reverse kernel (bottom), at t = 0, T/2, T."""
     diffusion, net, T = module.diffusion, module.net, module.diffusion.T
@@ -18,7 +19,7 @@ def points2d(module, dm, path: Path, seed: int = 0, n: int = 2000, on_step=None)
     with torch.no_grad():
         forward = {0: x0, **{t: diffusion.q_sample(x0, torch.full((len(x0),), t, device=module.device), g)
                              for t in times[1:]}}
-        _, reverse = diffusion.sample(net, (n, 2), g, module.device, keep=tuple(times), on_step=on_step)
+    _, reverse = sample(module, (n, 2), g, "sampling", progress, keep=tuple(times))
     fig, axes = plt.subplots(3, 3, figsize=(10, 10), sharex=True, sharey=True)
     for col, t in enumerate(times):
         for row, (states, label) in enumerate(((forward, "q"), (reverse, "p"))):

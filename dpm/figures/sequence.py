@@ -9,6 +9,7 @@ from matplotlib.ticker import MaxNLocator
 
 from dpm.data.heartbeat import pattern_index
 from dpm.figures.save import plt, save
+from dpm.model.sampling import sample
 
 
 @torch.no_grad()
@@ -25,17 +26,16 @@ def forward_trajectory(diffusion, x0: torch.Tensor, times: list[int], generator:
 
 
 def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 20, n_times: int = 21,
-             on_step=None) -> Path:
+             progress: bool = False) -> Path:
     """Four panels: training sequences; samples of the model (titled with the fraction of the n samples that are
     one of the training patterns); one forward trajectory x_0 -> x_T; one reverse trajectory x_T -> x_0.
     Rows are sequences (or times), columns are bins; black is 1."""
-    diffusion, net, T = module.diffusion, module.net, module.diffusion.T
+    diffusion, T = module.diffusion, module.diffusion.T
     times = sorted({round(T * k / (n_times - 1)) for k in range(n_times)})
     g = torch.Generator(device=module.device).manual_seed(seed)
     train = dm.splits["train"][:n_show].to(module.device)
+    samples, reverse = sample(module, (n, *dm.data_shape), g, "sampling", progress, keep=tuple(times))
     with torch.no_grad():
-        samples, reverse = diffusion.sample(net, (n, *dm.data_shape), g, module.device, keep=tuple(times),
-                                           on_step=on_step)
         forward = forward_trajectory(diffusion, train[:1], times, g)
     valid = (pattern_index(samples.cpu(), dm.length, dm.period) >= 0).float().mean().item()
     panels = [

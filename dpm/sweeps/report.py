@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dpm.core.stats import mean_and_stderr
 from dpm.io.files import write_text
 from dpm.sweeps.runs import NUMBERS, config_differences, fill_units, find_runs, read_run
 from dpm.sweeps.jobs import sweep_name
@@ -34,15 +35,9 @@ def swept_keys(rows: list[dict]) -> list[str]:
     return [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    """Mean and standard error (std with ddof 1 over sqrt n) of finite values; nan where undefined."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else math.nan
-    return mean, se
+def mean_se(values: list[float | None]) -> tuple[float, float]:
+    """Mean and standard error over runs (ddof 1) of the finite values: a run without the number is left out."""
+    return mean_and_stderr([v for v in values if v is not None and math.isfinite(v)], ddof=1)
 
 
 def groups(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:

@@ -1,22 +1,63 @@
-"""The bound K over a data split, as evaluate.py and the end of training compute it: per-example K with its
-standard error, eval.json (docs/contracts.md, contract 3) and a table beside the paper's Table 1, with progress."""
+"""task=bound, and the end of training: K over a data split with its standard error, with progress, written to
+eval.json (docs/contracts.md, contract 3) and printed beside the paper's Table 1 by one function (write_bound)."""
 
 from __future__ import annotations
 
 import math
 import time
 import warnings
+from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 
-from dpm.core.bound import ESTIMATORS, mean_and_stderr
+from dpm.core.bound import ESTIMATORS
+from dpm.core.stats import mean_and_stderr
 from dpm.errors import ConfigError, RunFailed
 from dpm.data.base import DataModule
 from dpm.core.keyed import Keys
 from dpm.model.module import DiffusionModule
 from dpm.core.paper import TABLE1
+from dpm.io.files import write_json
 from dpm.io.progress import Progress, announce, time_per_call
 from dpm.core.truth import truth_fields
+
+
+def check(cfg: DictConfig, dm: DataModule, diffusion) -> dict:
+    """The bound's settings (conf/task/bound.yaml): estimator, n_t (draws of t per example for mc, 1..T - 1) and
+    limit; split and batch_size are shared by the tasks (conf/evaluate.yaml)."""
+    estimator, n_t, limit = cfg.get("estimator", "exact"), cfg.get("n_t", 16), cfg.get("limit")
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
+    T = diffusion.T
+    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1 or (estimator == "mc" and n_t > T - 1):
+        raise ConfigError(f"n_t={n_t!r} is invalid: the draws of t per example for estimator=mc, an integer "
+                          f"between 1 and T - 1 = {T - 1}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"limit={limit!r} is invalid: a positive number of examples, or null for the whole split")
+    return {"estimator": estimator, "n_t": n_t, "limit": limit}
+
+
+def run(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict,
+        fabric=None) -> dict:
+    """K on cfg.split with the weights cfg.weights names (as restored), on the processes of a launched Fabric or
+    one; rank 0 writes eval.json."""
+    result = bound_over_split(module, dm, split=cfg.split, estimator=s["estimator"], n_t=s["n_t"],
+                              batch_size=cfg.batch_size, limit=s["limit"], seed=cfg.seed, device=device,
+                              progress=cfg.get("progress", True), fabric=fabric)
+    result.update(weights=cfg.weights, checkpoint=str(cfg.ckpt_path),
+                  processes=fabric.world_size if fabric is not None else 1)
+    if fabric is not None and fabric.global_rank != 0:
+        return result
+    return {**result, "eval": str(write_bound(result, out_dir))}
+
+
+def write_bound(result: dict, out_dir: Path) -> Path:
+    """out_dir/eval.json (atomically) and the table beside the paper's printed: the one writer of eval.json, for
+    evaluate.py task=bound and the end of training."""
+    path = write_json(Path(out_dir) / "eval.json", result)
+    print(format_table(result))
+    return path
 
 
 def split_size(dm: DataModule, split: str, limit: int | None) -> int:
@@ -48,11 +89,7 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
     the examples (no padding, none twice) with batch_size // N per batch, and the per-example values are gathered
     by example index: the draws are keyed by (seed, index), so K is the same for any number of processes and any
     batch size. Every process returns the summary; only rank 0 shows progress."""
-    if estimator not in ESTIMATORS:
-        raise ConfigError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     T = module.diffusion.T
-    if estimator == "mc" and not 1 <= n_t <= T - 1:
-        raise ConfigError(f"n_t={n_t} is invalid: between 1 and T - 1 = {T - 1} draws of t per example")
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     n = split_size(dm, split, limit)
     terms = T - 1 if estimator == "exact" else n_t
@@ -76,7 +113,7 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
             truth = dm.true_log_likelihood(x0)  # nats per example; None where the density is unknown
             truth = module.to_units(truth) if truth is not None else torch.full_like(K, float("nan"))
             rows.append(torch.stack([index.double(), K.double(), L_null.double(), truth.double().to(K.device)], 1))
-            mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]))
+            mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]), ddof=1)
             bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
     table = torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64, device=device)
     if fabric is not None:
@@ -108,13 +145,13 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     """eval.json's fields from the per-example rows [N, 4] (index, K, L_null, truth; in the reporting unit)."""
     T = module.diffusion.T
     K, L_null, truth = table[:, 1].cpu(), table[:, 2].cpu(), table[:, 3].cpu()
-    K_mean, K_se = mean_and_stderr(K)
+    K_mean, K_se = mean_and_stderr(K, ddof=1)
     if not math.isfinite(K_mean):  # a diverged model: no eval.json that a sweep or a reader would take as a bound
         bad = int((~torch.isfinite(K)).sum())
         raise RunFailed(f"the bound on the {split} split is not finite (K = {K_mean}): {bad} of {K.numel()} examples "
                         "gave a non-finite value, so the weights are unusable (a diverged run: try a lower "
                         "optimizer.lr); no eval.json was written")
-    gain_mean, gain_se = mean_and_stderr(K - L_null)
+    gain_mean, gain_se = mean_and_stderr(K - L_null, ddof=1)
     K_bpd = K_mean * dm.units_per_example / math.prod(dm.data_shape)
     result = {
         "dataset": dm.name, "diffusion": module.diffusion.kind, "T": T, "split": split,

@@ -1,5 +1,5 @@
-"""What the evaluate tasks share: reading and checking their settings, held-out examples, seeded sampling with a
-progress display, and writing their numbers and arrays (atomically, dpm.io.files)."""
+"""What the evaluate tasks share: reading and checking their settings, held-out examples, a delta r on known
+coordinates (one chain or SMC), and writing their numbers and arrays (atomically, dpm.io.files)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.io.files import write_atomic, write_json
-from dpm.core.posterior import R_OVER_T, DeltaR, Perturb, perturbation
+from dpm.core.posterior import R_OVER_T, DeltaR, perturbation
 from dpm.io.progress import Progress
 from dpm.core.smc import RESAMPLE_BELOW, smc_sample
+from dpm.model.sampling import sample
 
 
 def settings(cfg: DictConfig, task: str) -> DictConfig:
@@ -73,16 +74,6 @@ def held_out(dm, split: str, n: int, key: str) -> torch.Tensor:
     return x0[:n]
 
 
-def sample(module, shape: tuple[int, ...], generator: torch.Generator, desc: str, enabled: bool,
-           perturb: Perturb | None = None, x_T: torch.Tensor | None = None) -> torch.Tensor:
-    """One batch of the (perturbed) reverse process on the module's device, with a progress display over the T
-    steps: x0 [N, *D]."""
-    with Progress(module.diffusion.T, desc, unit="step", enabled=enabled) as bar:
-        x0, _ = module.diffusion.sample(module.net, shape, generator, module.device, on_step=bar.update,
-                                        perturb=perturb, x_T=x_T)
-    return x0
-
-
 @dataclass
 class Filled:
     """Samples under a delta r on known coordinates (fill_known): x0 and the start x_T of its chain (SMC: of the
@@ -107,7 +98,7 @@ def fill_known(module, x_known: torch.Tensor, known: torch.Tensor, s: dict, gene
     if particles == 1:
         x_T = start_with_known(module, x_known, known, generator, over_t)
         perturb = perturbation(module.diffusion, [DeltaR(known, x_known)], over_t)
-        x0 = sample(module, tuple(x_known.shape), generator, desc, enabled, perturb, x_T)
+        x0, _ = sample(module, tuple(x_known.shape), generator, desc, enabled, perturb=perturb, x_T=x_T)
         return Filled(x0, x_T, f"r over t {over_t}", {"sampler": "single chain", "r_over_t": over_t, "particles": 1},
                       [], {})
     with Progress(module.diffusion.T, f"{desc} (SMC)", unit="step", enabled=enabled) as bar:

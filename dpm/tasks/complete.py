@@ -38,8 +38,7 @@ def consistent(completions: torch.Tensor, given: torch.Tensor, patterns: torch.T
     return (agrees & equals).any(1)
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     k = s["k"]
     x0 = common.held_out(dm, cfg.split, s["n"], "complete.n").to(device)
     known = torch.zeros_like(x0, dtype=torch.bool)

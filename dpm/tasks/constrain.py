@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from dpm.figures.posterior import half_plane_points
 from dpm.core.posterior import SmoothR, perturbation
+from dpm.model.sampling import sample
 from dpm.tasks import common
 
 
@@ -48,16 +49,15 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
             "over_t": common.check_r_over_t(cfg, ("constant", "tempered"))}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     diffusion, shape = module.diffusion, (s["n"], 2)
     log_r = half_plane_log_r(s["normal"].to(device), s["offset"], s["width"])
     perturb = perturbation(diffusion, [SmoothR(log_r)], s["over_t"])
     enabled = cfg.get("progress", True)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    plain = common.sample(module, shape, g, "plain samples", enabled)
+    plain, _ = sample(module, shape, g, "plain samples", enabled)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
-    samples = common.sample(module, shape, g, "constrain", enabled, perturb)
+    samples, _ = sample(module, shape, g, "constrain", enabled, perturb=perturb)
     train = dm.splits["train"].to(device)
 
     def fractions(x: torch.Tensor) -> dict:

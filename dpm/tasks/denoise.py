@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
 from dpm.core.posterior import GaussianR, perturbation
+from dpm.model.sampling import sample
 from dpm.tasks import common
 
 STARTS = ("observed", "prior")
@@ -34,16 +35,16 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
             "over_t": common.check_r_over_t(cfg, ("constant", "tempered"))}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     diffusion, k = module.diffusion, s["n_samples"]
     x0 = common.held_out(dm, cfg.split, s["n"], "denoise.n").to(device)
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     y = x0 + s["sigma_d"] * torch.randn(x0.shape, generator=g, device=device)
     y_k = y.repeat(k, *([1] * (y.dim() - 1)))  # the k posterior samples of image i are rows i, i + n, ...
     perturb = perturbation(diffusion, [GaussianR(y_k, s["sigma_d"] ** 2)], s["over_t"])
-    samples = common.sample(module, tuple(y_k.shape), g, "denoise", cfg.get("progress", True), perturb,
-                            y_k if s["start"] == "observed" else None).reshape(k, *x0.shape)
+    samples, _ = sample(module, tuple(y_k.shape), g, "denoise", cfg.get("progress", True), perturb=perturb,
+                        x_T=y_k if s["start"] == "observed" else None)
+    samples = samples.reshape(k, *x0.shape)
     mse = lambda a: (a - x0).pow(2).mean().item()  # noqa: E731  per pixel, normalised units
     result = {"task": "denoise", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"],
               "sigma_d": s["sigma_d"], "start": s["start"], "r_over_t": s["over_t"], "n_samples": k,

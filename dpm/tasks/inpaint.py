@@ -77,8 +77,7 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
             **common.check_particles(cfg, "inpaint", over_t)}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     x0 = common.held_out(dm, cfg.split, s["n"], "inpaint.n").to(device)
     known = ~s["missing"].to(device)[None].expand_as(x0)
     g = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -11,8 +11,10 @@ from omegaconf import DictConfig
 
 from dpm.figures.parzen import parzen_figure
 from dpm.core.paper import TABLE2_MNIST_BITS
-from dpm.core.parzen import choose_sigma, mean_and_stderr, parzen_log_likelihood, sigma_grid
+from dpm.core.parzen import choose_sigma, parzen_log_likelihood, sigma_grid
+from dpm.core.stats import mean_and_stderr
 from dpm.io.progress import Progress
+from dpm.model.sampling import sample
 from dpm.tasks import common
 
 LN2 = math.log(2.0)
@@ -47,15 +49,9 @@ def pixels(dm, x: torch.Tensor) -> torch.Tensor:
 
 def draw_samples(module, dm, n: int, batch: int, seed: int, enabled: bool) -> torch.Tensor:
     """n model samples as pixel values in [0, 1] (x * scale + shift, clipped), [n, C, H, W] float32 on the CPU."""
-    diffusion, device = module.diffusion, module.device
-    g = torch.Generator(device=device).manual_seed(seed)
-    sizes = [min(batch, n - start) for start in range(0, n, batch)]
-    out = []
-    with Progress(diffusion.T * len(sizes), f"parzen: {n} samples", unit="step", enabled=enabled) as bar:
-        for size in sizes:
-            x0, _ = diffusion.sample(module.net, (size, *dm.data_shape), g, device, on_step=bar.update)
-            out.append(dm.denormalize(x0.float()).clamp(0, 1).cpu())
-    return torch.cat(out)
+    g = torch.Generator(device=module.device).manual_seed(seed)
+    x0, _ = sample(module, (n, *dm.data_shape), g, f"parzen: {n} samples", enabled, batch=batch)
+    return dm.denormalize(x0.float()).clamp(0, 1).cpu()
 
 
 def estimate(kernel_points: torch.Tensor, val: torch.Tensor, test: torch.Tensor, s: dict, bar: Progress,
@@ -65,13 +61,12 @@ def estimate(kernel_points: torch.Tensor, val: torch.Tensor, test: torch.Tensor,
     sigma, curve = choose_sigma(val.to(device), kernel_points, s["sigmas"].to(device), chunk_x=s["chunk"],
                                 on_step=bar.update)
     ll = parzen_log_likelihood(test.to(device), kernel_points, sigma, chunk_x=s["chunk"], on_step=bar.update)[0]
-    mean, se = mean_and_stderr(ll)
+    mean, se = mean_and_stderr(ll, ddof=0)  # ddof 0: Goodfellow et al.'s estimator, `ll.std() / numpy.sqrt(N)`
     return {"sigma": sigma, "ll_nats": mean, "ll_nats_stderr": se, "ll_bits": mean / LN2,
             "ll_bits_stderr": se / LN2, "val_curve": curve.cpu(), "ll": ll.cpu()}
 
 
-def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device) -> dict:
-    s = check(cfg, dm, module.diffusion)
+def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
     enabled = cfg.get("progress", True)
     samples = draw_samples(module, dm, s["n_samples"], s["batch"], cfg.seed, enabled)
     val, test = pixels(dm, dm.splits["val"][: s["n_val"]]), pixels(dm, dm.splits["test"][: s["n_test"]])
