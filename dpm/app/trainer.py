@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
-from dpm.app.lines import LineProgress, quiet_library_noise
+from dpm.app.lines import LineProgress
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 
