@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -20,7 +19,7 @@ from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config
 from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
-from dpm.app.trainer import _children, check_data_fits, make_callbacks, processes_cleaned_up, trainer_settings
+from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.data.base import DataModule
 from dpm.errors import Interrupted, RunFailed
 from dpm.io.files import write_text
@@ -49,8 +48,10 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     settings = trainer_settings(cfg)
     dm, module = build(cfg)
     check_data_fits(cfg, dm)
-    rank0 = global_rank_from_env() == 0
-    if rank0:  # the DDP processes Lightning starts later share rank 0's directory
+    # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
+    # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
+    trainer = make_trainer(cfg, settings)
+    if global_rank_from_env() == 0:  # the DDP processes Lightning starts later share rank 0's directory
         claim(out_dir, "training run")
         check_writable(out_dir / "checkpoints", "hydra.run.dir")
         if hydra_record:
@@ -60,8 +61,6 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
             config["resumed_from"] = str(ckpt_path)
             config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=make_callbacks(cfg),
-                                     logger=_children(cfg.get("logger")) or False, **settings)
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
         logger.log_hyperparams(module.run_config)
     try:

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -76,6 +77,24 @@ def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
         else:
             callbacks.append(LineProgress(every_s=float(cfg.get("progress_lines_every_s", 15))))
     return callbacks
+
+
+def make_trainer(cfg: DictConfig, settings: dict) -> L.Trainer:
+    """The Trainer of cfg.trainer with dpm's settings (trainer_settings), its callbacks and loggers; a setting
+    Lightning refuses (an unknown strategy, devices=-1, an accelerator this machine lacks) is a ConfigError naming
+    the trainer node."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=make_callbacks(cfg), logger=_children(cfg.get("logger")) or False,
+                           **settings)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, (MisconfigurationException, ValueError, TypeError, RuntimeError)):
+            raise
+        given = {k: cfg.trainer.get(k) for k in ("accelerator", "devices", "strategy", "num_nodes")
+                 if k in cfg.trainer}
+        raise ConfigError(f"trainer ({', '.join(f'trainer.{k}={v}' for k, v in given.items())}): {cause}") from None
 
 
 def _world_size(trainer_cfg: DictConfig) -> int:

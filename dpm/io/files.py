@@ -9,9 +9,37 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Callable, IO
+
+# A temporary file's name carries its writer's host and pid, so that the next start can tell a file an interrupted
+# writer left (its process gone) from one a live writer still holds: .<name>.<host>.<pid>.<random>.tmp
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[^.]+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+class _Recording:
+    """A binary file whose write records the OSError it raises: a writer such as torch.save turns a full disk
+    into its own RuntimeError (`enforce fail at inline_container.cc`), which then hides the cause."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
 
 
 def _umask() -> int:
@@ -25,18 +53,49 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     The file gets the permissions a plain open() would give it (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_host()}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    recording = None
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _Recording(f)
+            write(recording)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = recording.error if recording is not None and recording.error is not None else err
+        if isinstance(cause, OSError) and cause is not err or isinstance(err, OSError) and not err.filename:
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
         raise
     return path
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files (write_atomic's) in folder that a writer on this host left when it was
+    killed mid-write (its process is gone); those of live writers and of other hosts stay. Returns those removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if m is None or m["host"] != _host() or not p.is_file() or _alive(int(m["pid"])):
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: str | Path, text: str) -> Path:
