@@ -188,3 +188,24 @@ def test_poor_input_gets_one_clear_message(ws, monkeypatch, capsys, name, comman
     assert "Traceback" not in out.err + out.out
     errors = [line for line in out.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and len(errors[0]) < 1000, out.err[-3000:]
+
+
+def test_a_non_finite_bound_fails_the_run_and_writes_no_eval_json(ws, monkeypatch, capsys):
+    """A diverged model whose loss stayed short of the non-finite stop: exit 1 (a sweep records it FAILED), no
+    eval.json with -Infinity or NaN in it."""
+    out = ws / "diverged"
+    args = [a for a in TINY if not a.startswith(("trainer.max_steps", "trainer.val_check_interval"))]
+    got = cli_in_process("train.py", [*args, "optimizer.lr=1e6", "trainer.max_steps=20",
+                                      "trainer.val_check_interval=10", f"hydra.run.dir={out}"], monkeypatch)
+    err = capsys.readouterr().err
+    assert got == 1, err[-2000:]
+    assert "the bound on the test split is not finite" in err and not (out / "eval.json").exists()
+
+
+def test_json_is_strict(tmp_path):
+    import json
+
+    from dpm.io.files import write_json
+
+    text = write_json(tmp_path / "eval.json", {"K": float("-inf"), "se": [float("nan"), 1.0]}).read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {"K": None, "se": [None, 1.0]}
