@@ -209,3 +209,36 @@ def test_json_is_strict(tmp_path):
 
     text = write_json(tmp_path / "eval.json", {"K": float("-inf"), "se": [float("nan"), 1.0]}).read_text()
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {"K": None, "se": [None, 1.0]}
+
+
+def test_a_checkpoint_never_chooses_to_download_or_write_a_cache(ws, monkeypatch, capsys):
+    """Its dataset.data_dir is only a default, shown; download and cache stay off unless the command line asks."""
+    real = torch.load(ws / "digits.ckpt", weights_only=True)
+    leaves = save_untrained(ws / "leaves.ckpt", ["dataset=dead_leaves", "T=6", "dataset.image_size=8",
+                                                 "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16",
+                                                 "dataset.cache=false"])
+    crafted = torch.load(leaves, weights_only=True)
+    crafted["dpm_config"]["dataset"].update(data_dir=str(ws / "elsewhere"), cache=True)
+    torch.save(crafted, ws / "leaves_elsewhere.ckpt")
+    out = ws / "leaves_eval"
+    assert cli_in_process("evaluate.py", [*EVAL, f"ckpt_path={ws / 'leaves_elsewhere.ckpt'}", "limit=8",
+                                          f"hydra.run.dir={out}"], monkeypatch) == 0
+    said = capsys.readouterr().out
+    assert f"data: data_dir={ws / 'elsewhere'} (the checkpoint’s; data_dir=DIR to change)" in said
+    assert "cache=false (the checkpoint had true; cache=true to allow)" in said
+    assert not (ws / "elsewhere").exists() and (out / "eval.json").is_file()
+
+    import torchvision.datasets
+
+    tried = []
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *a, **k: tried.append(a) or pytest.fail("download"))
+    mnist = {**real, "dpm_config": {**real["dpm_config"], "dataset": {
+        "_target_": "dpm.data.mnist.MNISTDataModule", "data_dir": str(ws / "no_mnist"), "download": True,
+        "n_val": 100}}}
+    torch.save(mnist, ws / "mnist.ckpt")
+    got = cli_in_process("evaluate.py", [*EVAL, f"ckpt_path={ws / 'mnist.ckpt'}", f"hydra.run.dir={ws / 'mnist_eval'}"],
+                         monkeypatch)
+    out = capsys.readouterr()
+    assert got == 2 and not tried and not (ws / "no_mnist").exists(), out.err[-2000:]
+    assert "download=false (the checkpoint had true; download=true to allow)" in out.out
+    assert str(ws / "no_mnist") in out.err and "Traceback" not in out.err
