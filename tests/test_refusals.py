@@ -14,20 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from dpm.app.build import build
 from dpm.app.compose import compose
 from dpm.app.train import train
+from tests.helpers import save_untrained
 from tests.test_faults import TINY, cli_in_process
 
 EVAL = ["progress=false"]
-
-
-def save_untrained(path: Path, overrides: list[str]) -> str:
-    """A checkpoint of the model a config describes, as train.py's holds it (its run config and weights), before
-    any training: the evaluate tasks check their settings against its data and diffusion."""
-    dm, module = build(compose(overrides))
-    torch.save({"dpm_config": module.run_config, "state_dict": module.state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,23 @@ def data_choices(run_config: dict, cfg: DictConfig) -> str:
     return f"data: {', '.join(parts)}" if parts else "data: generated or bundled (nothing read from or written to disk)"
 
 
+def stop_launched(fabric, wait_s: float = 30.0) -> None:
+    """SIGTERM to the processes Fabric started from this one (rank 0 of devices=N), and a wait for them to end, so
+    that none is left running (and printing) after the command has ended."""
+    import signal
+    import subprocess
+
+    procs = getattr(fabric.strategy.launcher, "procs", None) or []
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
     """Restore the checkpoint's model and run the task cfg.task names (dpm.tasks.TASKS: bound on `devices`
     processes, sample, the posterior tasks, parzen) in out_dir, its settings checked before anything is written.
@@ -118,6 +135,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     if fabric is not None:
         with processes_cleaned_up():
             fabric.launch()
-            return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
-                            fabric=fabric)
+            try:
+                return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
+                                fabric=fabric)
+            except BaseException:  # SIGTERM, Ctrl-C or an error on rank 0: the processes it started stop too
+                stop_launched(fabric)
+                raise
     return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)

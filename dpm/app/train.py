@@ -86,6 +86,11 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         raise exit_
     except NonFiniteStop as err:
         raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
+    except RuntimeError:  # another rank (DDP): after a SIGTERM, its peers left in the middle of a collective
+        if trainer.received_sigterm and not trainer.is_global_zero:
+            raise Interrupted(143, f"rank {trainer.global_rank} stopped by SIGTERM at step {trainer.global_step} "
+                                   "(rank 0 wrote the checkpoint)") from None
+        raise
     if trainer.global_step <= start_step:
         raise RunFailed(f"the run ended after {trainer.global_step - start_step} optimizer steps: trainer.max_steps="
                         f"{cfg.trainer.max_steps} was already reached{' by the checkpoint' if ckpt_path else ''} "
