@@ -292,13 +292,13 @@ def test_full_traceback_on_request(ws, monkeypatch):
 
 
 def test_resume_applies_a_changed_learning_rate(ws, tmp_path):
-    train(compose([*TINY, "trainer.max_steps=6", "optimizer.lr=0.5", f"ckpt_path={ckpt(ws)}"]), tmp_path / "resumed")
+    train(compose([*TINY, "trainer.max_steps=6", "optimizer.lr=0.002", f"ckpt_path={ckpt(ws)}"]), tmp_path / "resumed")
     saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 6
-    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.5  # applied, not just recorded
+    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] == 0.002  # applied, not just recorded
     assert saved["optimizer_states"][0]["state"]  # Adam's moments came along
     config = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
-    assert config["optimizer"]["lr"] == 0.5 and config["changed_on_resume"]["optimizer.lr"] == 0.5
+    assert config["optimizer"]["lr"] == 0.002 and config["changed_on_resume"]["optimizer.lr"] == 0.002
     assert config["resumed_from"] == ckpt(ws) and config["trainer"]["max_steps"] == 6
 
 

@@ -86,11 +86,15 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         raise exit_
     except NonFiniteStop as err:
         raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
-    except RuntimeError:  # another rank (DDP): after a SIGTERM, its peers left in the middle of a collective
-        if trainer.received_sigterm and not trainer.is_global_zero:
-            raise Interrupted(143, f"rank {trainer.global_rank} stopped by SIGTERM at step {trainer.global_step} "
-                                   "(rank 0 wrote the checkpoint)") from None
-        raise
+    except RuntimeError as err:  # on another rank (DDP): rank 0 ended (a SIGTERM, an error) mid-collective
+        if trainer.is_global_zero or trainer.world_size == 1:
+            raise
+        why = f"rank 0 ended in the middle of a step ({str(err).strip().splitlines()[0][:160]})"
+        if trainer.received_sigterm:
+            raise Interrupted(143, f"rank {trainer.global_rank} stopped by SIGTERM at step {trainer.global_step}: "
+                                   f"{why}; rank 0 reports the checkpoint") from None
+        raise RunFailed(f"rank {trainer.global_rank} stopped at step {trainer.global_step}: {why}; rank 0's "
+                        "message says why") from None
     if trainer.global_step <= start_step:
         raise RunFailed(f"the run ended after {trainer.global_step - start_step} optimizer steps: trainer.max_steps="
                         f"{cfg.trainer.max_steps} was already reached{' by the checkpoint' if ckpt_path else ''} "
