@@ -234,3 +234,16 @@ def test_a_checkpoint_never_chooses_to_download_or_write_a_cache(ws, monkeypatch
     assert got == 2 and not tried and not (ws / "no_mnist").exists(), out.err[-2000:]
     assert "download=false (the checkpoint had true; download=true to allow)" in out.out
     assert str(ws / "no_mnist") in out.err and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_run_directory_that_cannot_be_created_is_refused_before_hydra_starts(tmp_path, monkeypatch, capsys, key):
+    from dpm.app.cli import run_app
+
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr("sys.argv", ["train.py", f"{key}={tmp_path / 'a_file' / 'run'}"])
+    with pytest.raises(SystemExit) as exit_:
+        run_app(lambda: pytest.fail("Hydra should not have started"))
+    assert exit_.value.code == 2
+    assert f"error: {key}={tmp_path / 'a_file' / 'run'} cannot be used: {tmp_path / 'a_file'} is a file" in \
+        capsys.readouterr().err

@@ -31,13 +31,36 @@ def run_app(app: Callable[[], object]) -> None:
     """Call a @hydra.main app (train.py's or evaluate.py's main). Hydra reports an error of its own (an unknown
     group option or key, a malformed override, a config it cannot compose) by printing its short message and
     exiting 1 before it calls the task function; that exit becomes 2, a configuration error. Hydra's message is
-    kept (HYDRA_FULL_ERROR=1 still shows its traceback); exits after the task function began are left as they are."""
+    kept (HYDRA_FULL_ERROR=1 still shows its traceback); exits after the task function began are left as they are.
+    A run or sweep directory given on the command line that cannot be created is refused first (Hydra would
+    create it with a traceback)."""
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        problem = _uncreatable(Path(value)) if key.lstrip("+") in RUN_DIR_KEYS and value else None
+        if problem:
+            _fail(EXIT_CONFIG, f"{key.lstrip('+')}={value} cannot be used: {problem}; choose a writable directory")
     try:
         app()
     except SystemExit as exit_:
         if exit_.code == EXIT_FAILED and not _entered:
             sys.exit(EXIT_CONFIG)
         raise
+
+
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def _uncreatable(path: Path) -> str | None:
+    """Why the directory path cannot be created or written (its nearest existing ancestor is a file, or is not
+    writable), else None."""
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} cannot be written"
+    return None
 
 
 def _hydra_record() -> tuple[Path, dict[str, str]]:
