@@ -65,11 +65,13 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        cause = recording.error if recording is not None and recording.error is not None else err
-        if isinstance(cause, OSError) and cause is not err or isinstance(err, OSError) and not err.filename:
-            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
-        raise
-    return path
+        cause = recording.error if recording is not None else None
+        if cause is None or cause is err and err.filename:
+            raise
+        hidden = cause  # the failed write (which a writer such as torch.save may wrap), once, naming the file
+    else:
+        return path
+    raise OSError(hidden.errno, hidden.strerror or str(hidden), str(path))
 
 
 def remove_stale_temps(folder: str | Path) -> list[Path]:
