@@ -21,7 +21,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.lines import quiet_library_noise
-from dpm.app.rundir import global_rank_from_env, release, update_link
+from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, release, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 _entered = False  # set once Hydra has called the task function (main below)
@@ -167,6 +167,6 @@ def report(name: str, cfg: DictConfig, out_dir: Path, result: dict) -> None:
         lines.append(f"next:          python evaluate.py ckpt_path={ckpt}")
     else:
         written = sorted(str(p) for p in out_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts
-                         and p.suffix != ".log")
+                         and p.suffix != ".log" and p.name != CLAIM_FILE)
         lines += [f"output directory: {out_dir}"] + [f"wrote {p}" for p in written]
     print("\n".join(lines), flush=True)
