@@ -1,6 +1,8 @@
 """Small networks for tests: a fixed-output net, a random MLP whose readout is not zero, and the exact per-bit reverse
 kernel of the heartbeat."""
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -66,3 +68,14 @@ def hydra_job_config(output_dir, sweep_dir, job_num: int = 0, overrides=(), mult
         cfg.hydra.job.num = job_num
         cfg.hydra.runtime.output_dir = str(output_dir)
     return cfg
+
+
+def save_untrained(path: Path, overrides: list[str]) -> str:
+    """A checkpoint of the model a config describes, as train.py's holds it (its run config and weights), before
+    any training: the evaluate tasks check their settings against its data and diffusion."""
+    from dpm.app.build import build
+    from dpm.app.compose import compose
+
+    dm, module = build(compose(overrides))
+    torch.save({"dpm_config": module.run_config, "state_dict": module.state_dict()}, path)
+    return str(path)

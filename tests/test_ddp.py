@@ -49,6 +49,38 @@ def test_sigterm_under_ddp_writes_last_ckpt_and_exits_143(tmp_path):
     assert proc.returncode == 143, err[-3000:]
     step = torch.load(last, weights_only=True)["global_step"]
     assert "stopped by SIGTERM at step" in err and f"holds step {step}" in err
+    assert "Traceback" not in err and len(err.splitlines()) < 30, err[-3000:]  # rank 1 stops with a line, too
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_of_evaluate_on_2_processes_stops_rank_1_too(tmp_path):
+    from tests.helpers import save_untrained
+
+    ckpt = save_untrained(tmp_path / "roll.ckpt", ["T=40", "dataset.n_test=200000", "callbacks=minimal"])
+    proc = subprocess.Popen([sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "devices=2", "accelerator=cpu",
+                             "batch_size=2", f"hydra.run.dir={tmp_path / 'eval'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()
+        while line and "exact bound" not in line:  # the bound has started on both processes
+            line = proc.stdout.readline()
+        assert line, proc.communicate()[1][-3000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        deadline = time.time() + 30
+        while time.time() < deadline:  # the whole session (rank 1 included) ends with rank 0
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("rank 1 is still running after rank 0 ended")
+    finally:
+        _kill_group(proc)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    assert not (tmp_path / "eval").exists()
 
 
 NONFINITE_SCRIPT = textwrap.dedent('''

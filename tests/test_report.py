@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import open_dict
 
 from dpm.sweeps.report import main, report
 from dpm.sweeps.runs import read_run
@@ -121,3 +122,38 @@ def test_command_line_writes_where_asked_and_refuses_an_empty_directory(sweep, t
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no training runs"):
         report([tmp_path / "empty"])
+
+
+def test_a_damaged_run_gets_its_own_row_and_the_others_are_reported(sweep, tmp_path):
+    """An eval.json that is not an object (a list, or cut short) falls back to the last validation estimate and
+    says so; a config.yaml that does not parse is an `unreadable` row; the other runs are reported as usual."""
+    for name in ("list", "cut", "broken_config"):
+        shutil.copytree(sweep / "1", tmp_path / name)
+    (tmp_path / "list" / "eval.json").write_text("[1, 2]\n")
+    (tmp_path / "cut" / "eval.json").write_text('{"K": 1.')
+    (tmp_path / "broken_config" / "config.yaml").write_text("trainer: [unclosed\n")
+    rows = {r["run"]: r for r in report([tmp_path])["rows"]}
+    assert sorted(rows) == ["broken_config", "cut", "list"]
+    for name in ("list", "cut"):
+        assert rows[name]["K_from"] == "last val/K (mc, metrics.csv); eval.json unreadable"
+        assert rows[name]["K"] == pytest.approx(val_K(tmp_path / name))
+    assert rows["broken_config"]["status"] == "unreadable" and "config.yaml unreadable" in rows["broken_config"]["note"]
+
+
+def test_a_sweep_job_refused_at_start_is_a_failed_row(tmp_path):
+    """A job that failed its config check before claiming its directory (which holds only Hydra's log) gets a
+    FAILED record, and the report shows it as failed (not as an incomplete run one could resume)."""
+    run = tmp_path / "1"
+    run.mkdir()
+    (run / "train.log").write_text("")
+    cfg = hydra_job_config(run, tmp_path, 1, overrides=["optimizer.lr=-1"])
+    with open_dict(cfg):
+        cfg.hydra.overrides.task = ["optimizer.lr=-1"]
+    jobs = SweepJobs()
+    ret = JobReturn()
+    ret.status, ret._return_value = JobStatus.FAILED, ValueError("optimizer.lr=-1 is invalid")
+    jobs.on_job_start(cfg)
+    jobs.on_job_end(cfg, ret)
+    row = read_run(run, tmp_path)
+    assert row["status"] == "failed" and "optimizer.lr=-1 is invalid" in row["note"]
+    assert row["overrides"] == {"optimizer.lr": "-1"}

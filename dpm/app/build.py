@@ -111,7 +111,11 @@ def restore(ckpt: dict, weights: str = "auto", trusted: tuple[str, ...] = ()):
     use_raw_copy = has_ema and weights == "raw"
     state = {"state_dict": ckpt["current_model_state"] if use_raw_copy else ckpt["state_dict"]}
     module.on_load_checkpoint(state)
-    missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+    except RuntimeError as err:  # a tensor of another shape than the network's
+        first = str(err).strip().splitlines()[-1].strip()
+        raise ConfigError(f"the checkpoint's weights do not fit the network its config describes ({first[:300]})") from None
     if missing or unexpected:
         raise ConfigError(f"the checkpoint's weights do not fit the network its config describes (missing "
                           f"{list(missing)[:5]}, unexpected {list(unexpected)[:5]})")

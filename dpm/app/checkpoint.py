@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dpm.app.checks import check_targets
 from dpm.errors import ConfigError
-from dpm.io.files import write_atomic
+from dpm.io.files import remove_stale_temps, write_atomic
 
 WEIGHTS = ("auto", "raw", "ema")
 # Where classes named by checkpoints written before the package was split into layers live now; the first
@@ -56,6 +56,7 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path", trusted: tu
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{key}={path} is not a file (train.py writes <run dir>/checkpoints/last.ckpt)")
+    remove_stale_temps(path.parent)  # what checkpoint writes killed mid-write left there
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated, foreign or unsafe files
@@ -64,12 +65,29 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path", trusted: tu
                           "Only files written by train.py load, and they load as data (weights_only=True).") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("dpm_config"), dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{key}={path} is not a dpm checkpoint (no dpm_config / state_dict in it)")
+    _check_structure(ckpt, f"{key}={path}")
     ckpt["dpm_config"] = renamed_targets(ckpt["dpm_config"])
     try:
         check_targets(ckpt["dpm_config"], source=f"the checkpoint {path}", trusted=tuple(trusted))
     except ConfigError as err:
         raise ConfigError(f"{err} Nothing from this checkpoint was built.") from None
     return ckpt
+
+
+RUN_NODES = ("dataset", "schedule", "diffusion", "net", "optimizer")  # each a `_target_` node in a run's config
+
+
+def _check_structure(ckpt: dict, where: str) -> None:
+    """A dpm_config that is a run's config (its nodes, T) and a state_dict of tensors, before anything reads
+    them: a checkpoint with those two keys but something else inside is refused by name, not by a KeyError."""
+    config, state = ckpt["dpm_config"], ckpt["state_dict"]
+    bad = [n for n in RUN_NODES if not isinstance(config.get(n), dict) or not isinstance(config[n].get("_target_"), str)]
+    T = config.get("T")
+    if bad or isinstance(T, bool) or not isinstance(T, int):
+        what = (f"its nodes {bad} are missing or not `_target_` nodes" if bad else f"its T={T!r} is not an integer")
+        raise ConfigError(f"{where} is not a usable dpm checkpoint: dpm_config is not a training run's config ({what})")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ConfigError(f"{where} is not a usable dpm checkpoint: state_dict is not a mapping of names to tensors")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -20,7 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from dpm.app.rundir import global_rank_from_env, update_link
+from dpm.app.lines import quiet_library_noise
+from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, release, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 _entered = False  # set once Hydra has called the task function (main below)
@@ -30,13 +31,36 @@ def run_app(app: Callable[[], object]) -> None:
     """Call a @hydra.main app (train.py's or evaluate.py's main). Hydra reports an error of its own (an unknown
     group option or key, a malformed override, a config it cannot compose) by printing its short message and
     exiting 1 before it calls the task function; that exit becomes 2, a configuration error. Hydra's message is
-    kept (HYDRA_FULL_ERROR=1 still shows its traceback); exits after the task function began are left as they are."""
+    kept (HYDRA_FULL_ERROR=1 still shows its traceback); exits after the task function began are left as they are.
+    A run or sweep directory given on the command line that cannot be created is refused first (Hydra would
+    create it with a traceback)."""
+    for arg in sys.argv[1:]:
+        key, _, value = arg.partition("=")
+        problem = _uncreatable(Path(value)) if key.lstrip("+") in RUN_DIR_KEYS and value else None
+        if problem:
+            _fail(EXIT_CONFIG, f"{key.lstrip('+')}={value} cannot be used: {problem}; choose a writable directory")
     try:
         app()
     except SystemExit as exit_:
         if exit_.code == EXIT_FAILED and not _entered:
             sys.exit(EXIT_CONFIG)
         raise
+
+
+RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
+
+
+def _uncreatable(path: Path) -> str | None:
+    """Why the directory path cannot be created or written (its nearest existing ancestor is a file, or is not
+    writable), else None."""
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} cannot be written"
+    return None
 
 
 def _hydra_record() -> tuple[Path, dict[str, str]]:
@@ -73,8 +97,12 @@ def _fail(code: int, message: str) -> None:
     sys.exit(code)
 
 
-def _sigterm_as_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+class Terminated(Exception):
+    """SIGTERM during evaluate (which has no Lightning signal handling of its own); exit 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | None:
@@ -83,24 +111,35 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
 
     global _entered
     _entered = True
+    quiet_library_noise()
     out_dir, record = _hydra_record()
     os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children
     record["config.yaml"] = OmegaConf.to_yaml(cfg)
     # In a sweep, a job's error goes to Hydra (which records the job as failed and goes on with the sweep)
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1" or str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
-    if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it like Ctrl-C
-        signal.signal(signal.SIGTERM, _sigterm_as_keyboard_interrupt)
+    multirun = str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+    if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it here (143)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def nothing_kept() -> str:
+        """Remove what the refused or interrupted command left without results; say so."""
+        if global_rank_from_env() != 0 or not release(out_dir, keep_logs=multirun):
+            return ""
+        return f" ({out_dir} holds nothing of it)" if multirun else f" (nothing was left in {out_dir})"
+
     try:
         result = command(cfg, out_dir, hydra_record=record)
     except Interrupted as err:
         _fail(err.exit_code, str(err))
-    except KeyboardInterrupt:
-        _fail(EXIT_SIGINT, f"{name} interrupted; nothing was written to {out_dir / 'eval.json'}"
-              if name == "evaluate" else f"{name} interrupted")
+    except (KeyboardInterrupt, Terminated) as err:
+        code, signame = (EXIT_SIGTERM, "SIGTERM") if isinstance(err, Terminated) else (EXIT_SIGINT, "SIGINT")
+        _fail(code, f"{name} stopped by {signame} before it wrote its results{nothing_kept()}"
+              if name == "evaluate" else f"{name} stopped by {signame}")
     except (ValueError, FileNotFoundError, NotADirectoryError, InstantiationException) as err:
+        kept = nothing_kept()
         if full_error:
             raise
-        _fail(EXIT_CONFIG, _message(err))
+        _fail(EXIT_CONFIG, _message(err) + kept)
     except RunFailed as err:
         if full_error:
             raise
@@ -118,7 +157,9 @@ def report(name: str, cfg: DictConfig, out_dir: Path, result: dict) -> None:
     """The last lines: where the results are and what to run next."""
     lines = []
     if name == "train":
-        update_link(cfg.get("latest_link"), out_dir)
+        note = update_link(cfg.get("latest_link"), out_dir)
+        if note:
+            lines.append(note)
         ckpt = result.get("checkpoint")
         lines += [f"run directory: {out_dir}", f"checkpoint:    {ckpt}"]
         if "eval" in result:
@@ -126,6 +167,6 @@ def report(name: str, cfg: DictConfig, out_dir: Path, result: dict) -> None:
         lines.append(f"next:          python evaluate.py ckpt_path={ckpt}")
     else:
         written = sorted(str(p) for p in out_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts
-                         and p.suffix != ".log")
+                         and p.suffix != ".log" and p.name != CLAIM_FILE)
         lines += [f"output directory: {out_dir}"] + [f"wrote {p}" for p in written]
     print("\n".join(lines), flush=True)

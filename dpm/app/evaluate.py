@@ -51,6 +51,9 @@ def fabric_for_devices(cfg: DictConfig):
     devices = cfg.get("devices", 1)
     if devices == 1:
         return None
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"devices={devices!r} is invalid for evaluate.py: give the number of processes, an integer "
+                          ">= 1 (with accelerator=cpu|gpu|auto)")
     if not TASKS[cfg.task].processes:
         many = [name for name, task in TASKS.items() if task.processes]
         raise ConfigError(f"devices={devices} applies to task={'|'.join(many)}; task={cfg.task} runs in one process "
@@ -69,6 +72,47 @@ def fabric_for_devices(cfg: DictConfig):
     return fabric
 
 
+DATA_CHOICES = ("data_dir", "download", "cache")  # where the data live and whether to fetch or write them
+
+
+def data_choices(run_config: dict, cfg: DictConfig) -> str:
+    """Set the checkpoint's dataset node's data_dir, download and cache (in place) from the command line: the
+    checkpoint's data_dir is only a default (evaluate.py data_dir=DIR replaces it), and it never downloads or writes
+    a cache unless the command line asks (download=true, cache=true), whatever the checkpoint says. Returns the
+    line that says what was chosen."""
+    dataset = run_config.get("dataset", {})
+    parts = []
+    if "data_dir" in dataset:
+        given = cfg.get("data_dir")
+        if given is not None:
+            dataset["data_dir"] = str(given)
+        parts.append(f"data_dir={dataset['data_dir']} ({'given' if given is not None else 'the checkpoint’s; data_dir=DIR to change'})")
+    for key in ("download", "cache"):
+        if key in dataset:
+            checkpoint_value, dataset[key] = dataset[key], bool(cfg.get(key, False))
+            parts.append(f"{key}={str(dataset[key]).lower()}" + (
+                f" (the checkpoint had {str(checkpoint_value).lower()}; {key}=true to allow)"
+                if bool(checkpoint_value) and not dataset[key] else ""))
+    return f"data: {', '.join(parts)}" if parts else "data: generated or bundled (nothing read from or written to disk)"
+
+
+def stop_launched(fabric, wait_s: float = 30.0) -> None:
+    """SIGTERM to the processes Fabric started from this one (rank 0 of devices=N), and a wait for them to end, so
+    that none is left running (and printing) after the command has ended."""
+    import signal
+    import subprocess
+
+    procs = getattr(fabric.strategy.launcher, "procs", None) or []
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
     """Restore the checkpoint's model and run the task cfg.task names (dpm.tasks.TASKS: bound on `devices`
     processes, sample, the posterior tasks, parzen) in out_dir, its settings checked before anything is written.
@@ -80,6 +124,7 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     fabric = fabric_for_devices(cfg)
     trusted = trusted_packages(cfg)
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, trusted=trusted)
+    print(data_choices(ckpt["dpm_config"], cfg), flush=True)
     dm, module, weights = restore(ckpt, cfg.weights, trusted)
     cfg = cfg.copy()
     with open_dict(cfg):
@@ -93,8 +138,12 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     if fabric is not None:
         with processes_cleaned_up():
             fabric.launch()
-            return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
-                            fabric=fabric)
+            try:
+                return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
+                                fabric=fabric)
+            except BaseException:  # SIGTERM, Ctrl-C or an error on rank 0: the processes it started stop too
+                stop_launched(fabric)
+                raise
     return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
 
 

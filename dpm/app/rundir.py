@@ -8,14 +8,16 @@ is written here instead, once the directory has been found free.
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
 from dpm.errors import ConfigError
 from dpm.io.files import write_text
 
-HYDRA_LOGS = (".log",)
-_CLAIMED: set[str] = set()  # run directories this process claimed (dpm.sweeps.jobs writes its job record only there)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
+HYDRA_LOGS = (".log",)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
+CLAIM_FILE = ".dpm-claim"  # created with O_EXCL: of two processes claiming one directory, exactly one wins
+_CLAIMED: dict[str, set[str]] = {}  # directory claimed by this process -> the entries it found there (logs)
 
 
 def global_rank_from_env() -> int:
@@ -33,22 +35,71 @@ def holds_results(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir() if not (p.is_file() and p.suffix in HYDRA_LOGS))
 
 
+def _refusal(path: Path, what: str, found: list[str]) -> ConfigError:
+    if what == "training run":
+        ways = ("train into a new directory (leave hydra.run.dir unset for a fresh timestamped one, or give "
+                "another), or resume the run there into a new directory with ckpt_path="
+                f"{path / 'checkpoints' / 'last.ckpt'}")
+    else:
+        ways = "leave hydra.run.dir unset (each evaluation gets a new directory) or give an empty one"
+    return ConfigError(f"hydra.run.dir={path} already holds a run ({', '.join(found[:5])}"
+                       f"{', ...' if len(found) > 5 else ''}); nothing there is overwritten. To go on: {ways}.")
+
+
 def claim(path: str | Path, what: str = "training run") -> Path:
-    """Refuse a directory that already holds a run's files; else create it and check it is writable."""
+    """Refuse a directory that already holds a run's files; else take it for this run, atomically.
+
+    The claim is a file created with O_CREAT | O_EXCL: of several processes claiming the same directory at once
+    (a SLURM array, a script started twice) exactly one gets it, and the others are refused as if it held a run.
+    """
     path = Path(path)
     found = holds_results(path)
     if found:
-        if what == "training run":
-            ways = ("train into a new directory (leave hydra.run.dir unset for a fresh timestamped one, or give "
-                    "another), or resume the run there into a new directory with ckpt_path="
-                    f"{path / 'checkpoints' / 'last.ckpt'}")
-        else:
-            ways = "leave hydra.run.dir unset (each evaluation gets a new directory) or give an empty one"
-        raise ConfigError(f"hydra.run.dir={path} already holds a run ({', '.join(found[:5])}"
-                          f"{', ...' if len(found) > 5 else ''}); nothing there is overwritten. To go on: {ways}.")
+        raise _refusal(path, what, found)
     check_writable(path, "hydra.run.dir")
-    _CLAIMED.add(os.path.abspath(path))
+    try:
+        fd = os.open(path / CLAIM_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise _refusal(path, what, [CLAIM_FILE]) from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{what} pid {os.getpid()} {datetime.now().isoformat(timespec='seconds')}\n")
+    _CLAIMED[os.path.abspath(path)] = set(found) | {p.name for p in path.iterdir() if p.suffix in HYDRA_LOGS}
     return path
+
+
+def release(path: str | Path, keep_logs: bool = False) -> bool:
+    """Undo what a command that did not get to write results left in its run directory: the claim, Hydra's
+    record (.hydra/) and empty folders; then, unless keep_logs (a sweep job, whose log the report reads), the job
+    log and the directory itself. Returns whether anything was removed. A directory with results (a checkpoint,
+    eval.json, a figure, anything this function does not know) is left exactly as it is."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    ours = {CLAIM_FILE, ".hydra"}
+    entries = list(path.iterdir())
+    results = [p for p in entries if p.name not in ours and p.suffix not in HYDRA_LOGS and not _empty_tree(p)]
+    if results:
+        return False
+    for p in entries:
+        if p.suffix in HYDRA_LOGS and (keep_logs or not p.is_file()):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    _CLAIMED.pop(os.path.abspath(path), None)
+    if not keep_logs:
+        for d in (path, path.parent):  # the directory, and <run>/eval/ when it was the last evaluation there
+            try:
+                d.rmdir()
+            except OSError:
+                break
+    return True
+
+
+def _empty_tree(p: Path) -> bool:
+    """A directory holding nothing but empty directories (e.g. checkpoints/ before the first save)."""
+    return p.is_dir() and not p.is_symlink() and all(_empty_tree(c) for c in p.iterdir())
 
 
 def claimed(path: str | Path) -> bool:
@@ -74,16 +125,26 @@ def write_hydra_record(out_dir: Path, files: dict[str, str]) -> None:
         write_text(out_dir / ".hydra" / name, text)
 
 
-def update_link(link: str | Path | None, target: Path) -> None:
-    """Point the symlink `link` at target (atomically: a new link renamed over the old one)."""
+def update_link(link: str | Path | None, target: Path) -> str | None:
+    """Point the symlink `link` at target (atomically: a new link renamed over the old one). Anything at `link`
+    that is not a symlink (a user's file or folder) is left untouched and a note says so; returns that note."""
     if not link:
-        return
+        return None
     link = Path(link)
-    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.exists() and not link.is_symlink():
+        kind = "folder" if link.is_dir() else "file"
+        return (f"note: latest_link={link} is a {kind}, not a link: left as it is (set latest_link=null or "
+                "another path to have a link to the newest run)")
     tmp = link.with_name(f".{link.name}.{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.abspath(target), tmp)
-    os.replace(tmp, link)
+    try:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp.unlink(missing_ok=True)
+        os.symlink(os.path.abspath(target), tmp)
+        os.replace(tmp, link)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        return f"note: latest_link={link} could not be updated ({err.strerror or err})"
+    return None
 
 
 def eval_dir(ckpt_path: str | None, task: str) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -20,8 +19,8 @@ from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config
 from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
+from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.app.trust import trusted_packages
-from dpm.app.trainer import _children, check_data_fits, make_callbacks, processes_cleaned_up, trainer_settings
 from dpm.data.base import DataModule
 from dpm.errors import Interrupted, RunFailed
 from dpm.io.files import write_text
@@ -50,8 +49,10 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     settings = trainer_settings(cfg)
     dm, module = build(cfg)
     check_data_fits(cfg, dm)
-    rank0 = global_rank_from_env() == 0
-    if rank0:  # the DDP processes Lightning starts later share rank 0's directory
+    # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
+    # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
+    trainer = make_trainer(cfg, settings)
+    if global_rank_from_env() == 0:  # the DDP processes Lightning starts later share rank 0's directory
         claim(out_dir, "training run")
         check_writable(out_dir / "checkpoints", "hydra.run.dir")
         if hydra_record:
@@ -61,8 +62,6 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
             config["resumed_from"] = str(ckpt_path)
             config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=make_callbacks(cfg),
-                                     logger=_children(cfg.get("logger")) or False, **settings)
     for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
         logger.log_hyperparams(module.run_config)
     try:
@@ -88,6 +87,15 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
         raise exit_
     except NonFiniteStop as err:
         raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
+    except RuntimeError as err:  # on another rank (DDP): rank 0 ended (a SIGTERM, an error) mid-collective
+        if trainer.is_global_zero or trainer.world_size == 1:
+            raise
+        why = f"rank 0 ended in the middle of a step ({str(err).strip().splitlines()[0][:160]})"
+        if trainer.received_sigterm:
+            raise Interrupted(143, f"rank {trainer.global_rank} stopped by SIGTERM at step {trainer.global_step}: "
+                                   f"{why}; rank 0 reports the checkpoint") from None
+        raise RunFailed(f"rank {trainer.global_rank} stopped at step {trainer.global_step}: {why}; rank 0's "
+                        "message says why") from None
     if trainer.global_step <= start_step:
         raise RunFailed(f"the run ended after {trainer.global_step - start_step} optimizer steps: trainer.max_steps="
                         f"{cfg.trainer.max_steps} was already reached{' by the checkpoint' if ckpt_path else ''} "

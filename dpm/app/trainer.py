@@ -4,16 +4,19 @@ against the number of processes, and the launcher's environment restored after a
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
+from dpm.app.lines import LineProgress
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 
@@ -63,13 +66,35 @@ def _children(node: DictConfig | None) -> list:
 
 
 def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    """The configured callbacks, plus Lightning's progress bar redrawn every `progress_bar_every` steps (its
-    default redraw at every step costs more than a small model's whole step) unless the config brings its own
-    bar or turns it off (trainer.enable_progress_bar=false)."""
+    """The configured callbacks, plus a progress display unless the config brings its own bar or turns it off
+    (trainer.enable_progress_bar=false): on a terminal Lightning's bar redrawn every `progress_bar_every` steps
+    (its default redraw at every step costs more than a small model's whole step); off a terminal (a log file)
+    a plain line every `progress_lines_every_s` seconds (dpm.app.lines.LineProgress)."""
     callbacks = _children(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+        if sys.stderr.isatty():
+            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+        else:
+            callbacks.append(LineProgress(every_s=float(cfg.get("progress_lines_every_s", 15))))
     return callbacks
+
+
+def make_trainer(cfg: DictConfig, settings: dict) -> L.Trainer:
+    """The Trainer of cfg.trainer with dpm's settings (trainer_settings), its callbacks and loggers; a setting
+    Lightning refuses (an unknown strategy, devices=-1, an accelerator this machine lacks) is a ConfigError naming
+    the trainer node."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, callbacks=make_callbacks(cfg), logger=_children(cfg.get("logger")) or False,
+                           **settings)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, (MisconfigurationException, ValueError, TypeError, RuntimeError)):
+            raise
+        given = {k: cfg.trainer.get(k) for k in ("accelerator", "devices", "strategy", "num_nodes")
+                 if k in cfg.trainer}
+        raise ConfigError(f"trainer ({', '.join(f'trainer.{k}={v}' for k, v in given.items())}): {cause}") from None
 
 
 def _world_size(trainer_cfg: DictConfig) -> int:

@@ -92,7 +92,7 @@ class DeadLeavesDataModule(ImageDataModule):
     share a disk and a split does not change when another's size does. Radii in pixels: density ~ r^-alpha
     on [r_min, r_max] (alpha = 3 is the scale-invariant law of Lee, Mumford and Huang 2001; the paper gives
     no sizes, docs/paper.md §7.1). Each split is cached as data_dir/dead_leaves/<all generation parameters>.npz
-    (uint8) after it is first generated (cache=false: always regenerate, write nothing).
+    (uint8) after it is first generated (cache=false: write nothing; a cache already there is still read).
     """
 
     name = "dead_leaves"
@@ -126,7 +126,7 @@ class DeadLeavesDataModule(ImageDataModule):
     def levels(self, split: str) -> np.ndarray:
         """The split's uint8 levels, from the cache when it is there (and written there when it is not)."""
         path = self.cache_path(split)
-        if self.cache and path.is_file():
+        if path.is_file():  # reading an existing cache is the same data, generated once
             with np.load(path) as f:
                 return f["images"]
         images = self.generate(split)

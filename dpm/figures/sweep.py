@@ -7,7 +7,8 @@ from pathlib import Path
 
 from dpm.figures.save import plt, save
 
-STYLE = {"complete": dict(fmt="o", mfc=None), "incomplete": dict(fmt="o", mfc="none"), "failed": dict(fmt="x")}
+STYLE = {"complete": dict(fmt="o", mfc=None), "incomplete": dict(fmt="o", mfc="none"), "failed": dict(fmt="x"),
+         "unreadable": dict(fmt="+")}  # a run whose config.yaml does not read
 
 
 def _finite(x) -> bool:
@@ -16,7 +17,7 @@ def _finite(x) -> bool:
 
 def sweep_plot(rows: list[dict], keys: list[str], path: Path, title: str = "") -> Path:
     """One column of points per group of the swept keys other than the seed, one point per run (K from the report's
-    rows, error bars 2 K_stderr where the run has one): filled complete, hollow incomplete, x failed. The true
+    rows, error bars 2 K_stderr where the run has one): filled complete, hollow incomplete, x failed, + unreadable. The true
     log-likelihood, where known, is a dashed line; runs without any K are named under the axis."""
     group_keys = [k for k in keys if k != "seed"]
     labels = list(dict.fromkeys(", ".join(f"{k}={r['overrides'].get(k, '-')}" for k in group_keys) or "all"
@@ -49,7 +50,8 @@ def sweep_plot(rows: list[dict], keys: list[str], path: Path, title: str = "") -
     unit = next((r["unit"] for r in rows if r.get("unit")), "")
     ax.set_ylabel(f"K {('(' + unit + ')') if unit else ''} ± 2 s.e.")
     ax.grid(True, axis="y", alpha=0.3)
-    note = "filled: complete, hollow: incomplete, x: failed" + ("; labels: seed" if "seed" in keys else "")
+    note = "filled: complete, hollow: incomplete, x: failed" + (
+        ", +: unreadable" if any(r["status"] == "unreadable" for r in rows) else "") + ("; labels: seed" if "seed" in keys else "")
     if missing:
         note += "\nno K: " + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
     ax.set_xlabel(note, fontsize=8)

@@ -23,7 +23,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.io.files import write_json
-from dpm.app.rundir import claimed
+from dpm.app.rundir import claimed, holds_results
 
 GROUP_ENV = "DPM_SWEEP_GROUP"
 JOB_FILE = "job.json"
@@ -75,7 +75,9 @@ class SweepJobs(Callback):
     def _job_file(config: DictConfig) -> Path | None:
         hydra = config.hydra
         out_dir = Path(hydra.runtime.output_dir)
-        if not _is_rank_zero() or not claimed(out_dir):  # never into a directory that holds another run
+        # Never into a directory that holds another run: only one this job claimed, or one where it left nothing but
+        # its log (a job refused before it claimed the directory; its record is what the report shows of it).
+        if not _is_rank_zero() or not (claimed(out_dir) or (out_dir.is_dir() and not holds_results(out_dir))):
             return None
         return out_dir / (hydra.output_subdir or ".hydra") / JOB_FILE
 
@@ -85,7 +87,8 @@ class SweepJobs(Callback):
             return
         hydra = config.hydra
         write_json(path, {"job_num": OmegaConf.select(hydra, "job.num"), "job_id": OmegaConf.select(hydra, "job.id"),
-                          "host": socket.gethostname(), "mode": str(hydra.mode), **fields})
+                          "host": socket.gethostname(), "mode": str(hydra.mode),
+                          "overrides": list(OmegaConf.select(hydra, "overrides.task", default=[]) or []), **fields})
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.start = time.time()

@@ -18,6 +18,7 @@ import csv
 import io
 import math
 import re
+import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -170,7 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", help="where report.md, report.csv and report.png go (default: the first DIR)")
     parser.add_argument("--wandb", action="store_true", help="also log the table and plot as W&B artifacts")
     args = parser.parse_args(argv)
-    result = report(args.dirs, args.out)
+    try:
+        result = report(args.dirs, args.out)
+    except FileNotFoundError as err:  # nothing to report: a path that is not there, or holds no runs
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(result["files"]["md"].read_text(), end="")
     print("wrote " + ", ".join(str(p) for p in result["files"].values()))
     if args.wandb:

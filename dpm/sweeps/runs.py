@@ -32,10 +32,13 @@ def _natural(path: Path) -> list:
 def is_run(d: Path) -> bool:
     """A training run's directory: train.py's resolved config.yaml, or Hydra's record of a training config
     (a run that failed before writing config.yaml). evaluate.py's directories hold `task`, not `trainer`."""
-    if (d / "config.yaml").is_file():
+    if (d / "config.yaml").is_file() or (d / ".hydra" / JOB_FILE).is_file():  # a job refused at start: its record
         return True
     hydra_cfg = d / ".hydra" / "config.yaml"
-    return hydra_cfg.is_file() and "trainer" in OmegaConf.load(hydra_cfg)
+    try:
+        return hydra_cfg.is_file() and "trainer" in OmegaConf.load(hydra_cfg)
+    except Exception:  # a broken file: not a training run's record
+        return False
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -51,10 +54,25 @@ def find_runs(paths: list[Path]) -> list[Path]:
 
 
 def _read_json(path: Path) -> dict | None:
+    """The JSON object in path; None if absent, unreadable or not an object (a job still writing it, a damaged
+    or foreign file)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or being written by a job that is still running
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _config(run: Path) -> tuple[dict, str]:
+    """(the run's resolved config, a note): config.yaml, else Hydra's record; {} and why, where neither reads."""
+    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+        if path.is_file():
+            try:
+                config = OmegaConf.to_container(OmegaConf.load(path))
+            except Exception as err:
+                return {}, f"{path.name} unreadable ({type(err).__name__})"
+            return (config, "") if isinstance(config, dict) else ({}, f"{path.name} is not a mapping")
+    return {}, ""
 
 
 def last_validation(run: Path) -> dict:
@@ -75,6 +93,8 @@ def find_eval(run: Path) -> tuple[dict | None, str]:
     own = _read_json(run / "eval.json")
     if own is not None:
         return own, "eval.json"
+    if (run / "eval.json").is_file():
+        return None, "eval.json unreadable"
     nested = sorted(run.glob("*/eval.json"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in nested:
         result = _read_json(path)
@@ -85,27 +105,33 @@ def find_eval(run: Path) -> tuple[dict | None, str]:
 
 def read_run(run: Path, root: Path | None = None) -> dict:
     """One row of the report for a run directory."""
-    config = OmegaConf.to_container(OmegaConf.load(run / "config.yaml" if (run / "config.yaml").is_file()
-                                                   else run / ".hydra" / "config.yaml"))
-    overrides_file = run / ".hydra" / "overrides.yaml"
-    overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    config, config_note = _config(run)
     job = _read_json(run / ".hydra" / JOB_FILE) or {}
+    overrides_file = run / ".hydra" / "overrides.yaml"
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_file)) if overrides_file.is_file() else None
+    except Exception:
+        overrides = None
+    if not isinstance(overrides, list):
+        overrides = job.get("overrides") or []
     val = last_validation(run)
     result, where = find_eval(run)
     row: dict = {"run": str(run.relative_to(root)) if root and run.is_relative_to(root) else str(run),
                  "overrides": dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o),
-                 "config": config, "has_overrides": overrides_file.is_file(),
-                 "steps": val.get("steps"), "seconds": job.get("seconds"), "note": ""}
+                 "config": config, "has_overrides": overrides_file.is_file() or "overrides" in job,
+                 "steps": val.get("steps"), "seconds": job.get("seconds"), "note": config_note}
     if result is not None:
         row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""),
                    K_from=f"{result.get('split')} {result.get('estimator')} ({where})")
     elif math.isfinite(val.get("K", math.nan)):
         row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="",
-                   K_from="last val/K (mc, metrics.csv)")
+                   K_from="last val/K (mc, metrics.csv)" + (f"; {where}" if where else ""))
     crashed = (run / "checkpoints" / "crash.ckpt").is_file()
     max_steps = (config.get("trainer") or {}).get("max_steps")
     if job.get("status") == "FAILED" or crashed:
         row["status"], row["note"] = "failed", job.get("error") or "crash.ckpt written"
+    elif config_note:
+        row["status"] = "unreadable"
     elif job.get("status") == "COMPLETED" or (run / "eval.json").is_file() or (
             not job and isinstance(max_steps, int) and (row["steps"] or 0) >= max_steps > 0):
         row["status"] = "complete"  # a run without a job record (not launched by Hydra) by its steps

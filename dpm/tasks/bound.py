@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from dpm.core.bound import ESTIMATORS
 from dpm.core.stats import mean_and_stderr
-from dpm.errors import ConfigError
+from dpm.errors import ConfigError, RunFailed
 from dpm.data.base import DataModule
 from dpm.core.keyed import Keys
 from dpm.model.module import DiffusionModule
@@ -146,6 +146,11 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     T = module.diffusion.T
     K, L_null, truth = table[:, 1].cpu(), table[:, 2].cpu(), table[:, 3].cpu()
     K_mean, K_se = mean_and_stderr(K, ddof=1)
+    if not math.isfinite(K_mean):  # a diverged model: no eval.json that a sweep or a reader would take as a bound
+        bad = int((~torch.isfinite(K)).sum())
+        raise RunFailed(f"the bound on the {split} split is not finite (K = {K_mean}): {bad} of {K.numel()} examples "
+                        "gave a non-finite value, so the weights are unusable (a diverged run: try a lower "
+                        "optimizer.lr); no eval.json was written")
     gain_mean, gain_se = mean_and_stderr(K - L_null, ddof=1)
     K_bpd = K_mean * dm.units_per_example / math.prod(dm.data_shape)
     result = {

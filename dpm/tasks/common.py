@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,27 @@ def check_particles(cfg: DictConfig, task: str, over_t: str) -> dict:
         raise ValueError(f"r_over_t={over_t} does not combine with {task}.particles={particles}: SMC (particles > 1) "
                          f"sets the known coordinates itself, in place of r_over_t; leave r_over_t=constant or set "
                          f"{task}.particles=1")
-    return {"particles": particles, "chunk": positive_int("batch_size", cfg.get("batch_size", 1000))}
+    chunk = positive_int("batch_size", cfg.get("batch_size", 1000))
+    return {"particles": particles, "chunk": chunk}
+
+
+SMC_COPIES = 8  # float32 arrays of [N, P, *D] that SMC holds at once (particles, kernel mean and variance, log p, ...)
+
+
+def check_smc_memory(cfg: DictConfig, task: str, n: int, data_shape: tuple[int, ...], particles: int) -> None:
+    """Refuse an SMC run whose particles [n, particles, *D] cannot fit in the memory of the device it would run
+    on, before anything is allocated, with what it would need."""
+    need = SMC_COPIES * 4 * n * particles * math.prod(data_shape)
+    device = str(cfg.get("device", "auto"))
+    if device.startswith("cuda") or device == "auto" and torch.cuda.is_available():
+        index = int(device.split(":")[1]) if ":" in device else 0
+        have, where = torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
+    else:
+        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+    if need > have:
+        raise ValueError(f"{task}.particles={particles} with {task}.n={n} would need about {need / 2**30:,.1f} GiB "
+                         f"({SMC_COPIES} arrays of {n} x {particles} x {math.prod(data_shape)} float32), more than "
+                         f"{where} ({have / 2**30:,.1f} GiB); use fewer particles or fewer examples")
 
 
 def check_kind(task: str, diffusion, kinds: tuple[str, ...]) -> None:

@@ -17,9 +17,10 @@ from dpm.tasks import common
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "complete")
-    if len(dm.data_shape) != 1:
-        raise ValueError(f"task=complete needs sequences [N, length]; {dm.name} has examples of shape "
-                         f"{tuple(dm.data_shape)} (task=inpaint fills images)")
+    if dm.figure_kind != "sequence" or len(dm.data_shape) != 1:
+        raise ValueError(f"task=complete needs sequence data [N, length] (the heartbeat); {dm.name} is "
+                         f"{dm.figure_kind or 'not sequence'} data of shape {tuple(dm.data_shape)} (task=inpaint fills "
+                         "images, task=constrain conditions 2-D points)")
     length = dm.data_shape[0]
     k = s.get("k", 5)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= length:
@@ -28,7 +29,9 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     n = common.positive_int("complete.n", s.get("n", 1000))
     common.held_out(dm, cfg.split, n, "complete.n")
     over_t = common.check_r_over_t(cfg)
-    return {"k": k, "n": n, "over_t": over_t, **common.check_particles(cfg, "complete", over_t)}
+    smc = common.check_particles(cfg, "complete", over_t)
+    common.check_smc_memory(cfg, "complete", n, tuple(dm.data_shape), smc["particles"])
+    return {"k": k, "n": n, "over_t": over_t, **smc}
 
 
 def consistent(completions: torch.Tensor, given: torch.Tensor, patterns: torch.Tensor, k: int) -> torch.Tensor:

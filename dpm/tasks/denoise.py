@@ -15,6 +15,7 @@ from dpm.model.sampling import sample
 from dpm.tasks import common
 
 STARTS = ("observed", "prior")
+SIGMA_D_RANGE = (1e-3, 1e3)  # noise that float32 images and variances can hold
 
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
@@ -24,6 +25,10 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
         raise ValueError(f"task=denoise needs image data; {dm.name} is not")
     sigma_d = common.positive_float("denoise.sigma_d", s.get("sigma_d", 1.0),
                                     " (the noise's standard deviation in normalised units; the paper's is 1)")
+    low, high = SIGMA_D_RANGE
+    if not low <= sigma_d <= high:  # below: y equals x0 in float32 (no noise to remove); above: sigma_d^2 overflows
+        raise ValueError(f"denoise.sigma_d={sigma_d:g} is invalid: must be in [{low:g}, {high:g}] (the noise's "
+                         "standard deviation in normalised units, where the data have unit scale; the paper's is 1)")
     start = s.get("start", "observed")
     if start not in STARTS:
         raise ValueError(f"denoise.start={start!r} is unknown; valid choices: {list(STARTS)} (observed: the chain "

@@ -47,14 +47,24 @@ def read_mask_file(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
     """A mask file as bool [H, W] or [C, H, W], checked against the data's shape [C, H, W]."""
     if not path.is_file():
         raise ValueError(f"inpaint.mask={str(path)!r} is neither one of {list(MASKS)} nor an existing file")
-    if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False) != 0
-    elif path.suffix == ".png":
-        from PIL import Image
-
-        array = np.asarray(Image.open(path).convert("L")) > 127
-    else:
+    if path.suffix not in (".npy", ".png"):
         raise ValueError(f"inpaint.mask={str(path)!r}: a mask file must be .npy or .png")
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L")) > 127
+    except (OSError, ValueError, SyntaxError) as err:  # not an image, a pickled (object) array, a truncated file
+        raise ValueError(f"inpaint.mask={str(path)!r} could not be read as a {path.suffix} mask "
+                         f"({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); give a "
+                         "numeric .npy array or a grey .png image, nonzero / bright where to fill") from None
+    if path.suffix == ".npy":
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"inpaint.mask={str(path)!r} holds a {array.dtype} array; a mask must be numeric or bool")
+        array = array != 0
     if array.shape not in (tuple(shape[1:]), tuple(shape)):
         raise ValueError(f"inpaint.mask={str(path)!r} has shape {array.shape}; this data needs {tuple(shape[1:])} "
                          f"(H, W) or {tuple(shape)} (C, H, W)")
@@ -73,8 +83,9 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     common.held_out(dm, cfg.split, n, "inpaint.n")
     mask = make_mask(str(s.get("mask", "centre")), tuple(dm.data_shape), float(fraction), cfg.seed)
     over_t = common.check_r_over_t(cfg)
-    return {"n": n, "missing": mask, "mask": str(s.get("mask", "centre")), "over_t": over_t,
-            **common.check_particles(cfg, "inpaint", over_t)}
+    smc = common.check_particles(cfg, "inpaint", over_t)
+    common.check_smc_memory(cfg, "inpaint", n, tuple(dm.data_shape), smc["particles"])
+    return {"n": n, "missing": mask, "mask": str(s.get("mask", "centre")), "over_t": over_t, **smc}
 
 
 def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dict) -> dict:
