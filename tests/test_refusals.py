@@ -163,7 +163,7 @@ POOR = [
     ("complete on the Swiss roll", cli("evaluate.py", ck("run/checkpoints/last.ckpt"), "task=complete"), 2,
      r"task=complete needs sequence data .* swiss_roll is points2d data"),
     ("evaluate on devices=-1", cli("evaluate.py", ck("run/checkpoints/last.ckpt"), "devices=-1", "accelerator=cpu"), 2,
-     r"devices=-1 is invalid for evaluate.py"),
+     r"devices=-1 is invalid: it must be >= 1"),
     ("report on a missing directory", lambda w, mp: report([str(w / "nosuchdir")]), 2, r"error: .*nosuchdir"),
     ("report on an empty directory", lambda w, mp: report([str((w / "empty").mkdir() or w / "empty")]), 2,
      r"error: .*empty"),

@@ -218,6 +218,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
 EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks
     "batch_size": _int(1),                                # its own: dpm.tasks)
     "seed": _int(0),
+    "devices": _int(1),  # processes of evaluate.py's Fabric
 }
 DEVICE_VALUES = "a positive integer, a list of device indices, or 'auto'"
 
@@ -235,12 +236,11 @@ def check_ranges(cfg: DictConfig, rules: dict[str, Callable[[Any], str | None]])
         raise ConfigError(f"schedule.beta_1={beta_1} is invalid: the first step's variance fixes the last reverse "
                           "step p(x0|x1); at >= 0.5 it erases most of the data and nothing can be learned. Use a "
                           "small value (the Swiss roll preset uses 1e-5 or 1e-6).")
-    for key in ("trainer.devices", "devices"):  # train.py's Trainer, evaluate.py's Fabric
-        devices = OmegaConf.select(cfg, key)
-        if devices is not None and not (devices == "auto" or isinstance(devices, ListConfig)
-                                        or (isinstance(devices, int) and not isinstance(devices, bool)
-                                            and (devices >= 1 or devices == -1))):
-            raise ConfigError(f"{key}={devices!r} is invalid: use {DEVICE_VALUES}.")
+    devices = OmegaConf.select(cfg, "trainer.devices")  # the Trainer's devices (evaluate.py's: EVAL_RULES)
+    if devices is not None and not (devices == "auto" or isinstance(devices, ListConfig)
+                                    or (isinstance(devices, int) and not isinstance(devices, bool)
+                                        and (devices >= 1 or devices == -1))):
+        raise ConfigError(f"trainer.devices={devices!r} is invalid: use {DEVICE_VALUES}.")
 
 
 def check_train_config(cfg: DictConfig) -> None:

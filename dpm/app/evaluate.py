@@ -51,9 +51,6 @@ def fabric_for_devices(cfg: DictConfig):
     devices = cfg.get("devices", 1)
     if devices == 1:
         return None
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
-        raise ConfigError(f"devices={devices!r} is invalid for evaluate.py: give the number of processes, an integer "
-                          ">= 1 (with accelerator=cpu|gpu|auto)")
     if not TASKS[cfg.task].processes:
         many = [name for name, task in TASKS.items() if task.processes]
         raise ConfigError(f"devices={devices} applies to task={'|'.join(many)}; task={cfg.task} runs in one process "

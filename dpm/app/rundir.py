@@ -17,7 +17,7 @@ from dpm.io.files import write_text
 
 HYDRA_LOGS = (".log",)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
 CLAIM_FILE = ".dpm-claim"  # created with O_EXCL: of two processes claiming one directory, exactly one wins
-_CLAIMED: dict[str, set[str]] = {}  # directory claimed by this process -> the entries it found there (logs)
+_CLAIMED: set[str] = set()  # run directories this process claimed (dpm.sweeps.jobs writes its job record only there)
 
 
 def global_rank_from_env() -> int:
@@ -63,7 +63,7 @@ def claim(path: str | Path, what: str = "training run") -> Path:
         raise _refusal(path, what, [CLAIM_FILE]) from None
     with os.fdopen(fd, "w") as f:
         f.write(f"{what} pid {os.getpid()} {datetime.now().isoformat(timespec='seconds')}\n")
-    _CLAIMED[os.path.abspath(path)] = set(found) | {p.name for p in path.iterdir() if p.suffix in HYDRA_LOGS}
+    _CLAIMED.add(os.path.abspath(path))
     return path
 
 
@@ -87,7 +87,7 @@ def release(path: str | Path, keep_logs: bool = False) -> bool:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
-    _CLAIMED.pop(os.path.abspath(path), None)
+    _CLAIMED.discard(os.path.abspath(path))
     if not keep_logs:
         for d in (path, path.parent):  # the directory, and <run>/eval/ when it was the last evaluation there
             try:

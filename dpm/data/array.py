@@ -205,12 +205,11 @@ class ArrayDataModule(ImageDataModule):
     def units_per_example(self) -> int:
         return super().units_per_example if self.data_kind == "image" else 1
 
-    def dequantize(self, x0, keys=None, generator=None):
-        return super().dequantize(x0, keys, generator) if self.data_kind == "image" else x0
-
     @property
     def dequantization_width(self) -> float:
-        """Only images are dequantised (vectors are continuous; 0/1 sequences are the binomial kind's states)."""
+        """Only images are dequantised (vectors are continuous; 0/1 sequences are the binomial kind's states): the
+        width the training step's draw and `dequantize` both read."""
+        self.load()  # the file says what the data are
         return super().dequantization_width if self.data_kind == "image" else 0.0
 
     def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
