@@ -21,7 +21,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.lines import quiet_library_noise
-from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, release, update_link
+from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, release, uncreatable, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 _entered = False  # set once Hydra has called the task function (main below)
@@ -36,7 +36,7 @@ def run_app(app: Callable[[], object]) -> None:
     create it with a traceback)."""
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
-        problem = _uncreatable(Path(value)) if key.lstrip("+") in RUN_DIR_KEYS and value else None
+        problem = uncreatable(Path(value)) if key.lstrip("+") in RUN_DIR_KEYS and value else None
         if problem:
             _fail(EXIT_CONFIG, f"{key.lstrip('+')}={value} cannot be used: {problem}; choose a writable directory")
     try:
@@ -48,19 +48,6 @@ def run_app(app: Callable[[], object]) -> None:
 
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
-
-
-def _uncreatable(path: Path) -> str | None:
-    """Why the directory path cannot be created or written (its nearest existing ancestor is a file, or is not
-    writable), else None."""
-    ancestor = path.absolute()
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        return f"{ancestor} is a file, not a directory"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{ancestor} cannot be written"
-    return None
 
 
 def _hydra_record() -> tuple[Path, dict[str, str]]:

@@ -119,6 +119,19 @@ def check_writable(path: Path, key: str) -> None:
                           "directory.") from None
 
 
+def uncreatable(path: Path) -> str | None:
+    """Why the directory path cannot be created or written (its nearest existing ancestor is a file, or is not
+    writable), else None: without creating anything (before Hydra creates it; check_writable creates and probes)."""
+    ancestor = path.absolute()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} cannot be written"
+    return None
+
+
 def write_hydra_record(out_dir: Path, files: dict[str, str]) -> None:
     """Hydra's .hydra/{config,hydra,overrides}.yaml, written after the directory was claimed."""
     for name, text in files.items():
