@@ -69,6 +69,8 @@ ClusterName=dpmlocal
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
+# a requeued job waits the step credential's lifetime before it starts again: 10 s here instead of 120
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/slurmctld
 SlurmdSpoolDir=$STATE/slurmd
 SlurmctldPidFile=/run/slurmctld.pid
@@ -79,6 +81,8 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# look at pending jobs every 5 s (a requeued job starts once its wait is over, not up to a minute later)
+SchedulerParameters=sched_interval=5,bf_interval=5
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 # the node as declared here, not as detected (more CPUs than cores: see the header of the script)
