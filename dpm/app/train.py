@@ -7,6 +7,7 @@ applies or refuses each changed setting (dpm.app.resume).
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpm.app.build import build
 from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config
+from dpm.app.requeue import RequeueOnSignal, slurm_job_id
 from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
@@ -47,11 +49,21 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     settings = trainer_settings(cfg)
+    requeue = RequeueOnSignal() if slurm_job_id() and threading.current_thread() is threading.main_thread() else None
+    try:
+        return _train(cfg, out_dir, hydra_record, settings, requeue, ckpt_path, changes, start_step)
+    finally:
+        if requeue is not None:
+            requeue.restore()
+
+
+def _train(cfg: DictConfig, out_dir: Path, hydra_record: dict[str, str] | None, settings: dict,
+           requeue: RequeueOnSignal | None, ckpt_path: str | None, changes: list, start_step: int) -> dict:
     dm, module = build(cfg)
     check_data_fits(cfg, dm)
     # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
     # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
-    trainer = make_trainer(cfg, settings)
+    trainer = make_trainer(cfg, settings, (requeue,) if requeue is not None else ())
     if global_rank_from_env() == 0:  # the DDP processes Lightning starts later share rank 0's directory
         claim(out_dir, "training run")
         check_writable(out_dir / "checkpoints", "hydra.run.dir")
@@ -66,7 +78,7 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         logger.log_hyperparams(module.run_config)
     try:
         with processes_cleaned_up():
-            return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
+            return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step, requeue)
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
             import wandb
@@ -75,11 +87,13 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,
-                  out_dir: Path, start_step: int) -> dict:
+                  out_dir: Path, start_step: int, requeue: RequeueOnSignal | None = None) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
+        if requeue is not None and requeue.signal is not None:  # SLURM: the time limit or a preemption is near
+            raise requeue.interrupted(trainer, start_step, _checkpoint_note(out_dir, trainer)) from None
         raise Interrupted(143, _stopped_message("SIGTERM", out_dir, trainer)) from None
     except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
         if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
@@ -140,6 +154,11 @@ def _last_checkpoint_note(out_dir: Path) -> str:
         step = torch.load(last, map_location="cpu", weights_only=True).get("global_step")
         return f"{last} holds the weights of step {step}."
     return "No checkpoint was written before the stop (no validation had run)."
+
+
+def _checkpoint_note(out_dir: Path, trainer: L.Trainer) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return f"{last} holds step {trainer.global_step}" if last.is_file() else "no checkpoint could be written"
 
 
 def _stopped_message(signal_name: str, out_dir: Path, trainer: L.Trainer) -> str:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
 from dpm.app.lines import LineProgress
+from dpm.app.requeue import srun_started
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 
@@ -52,6 +53,13 @@ def trainer_settings(cfg: DictConfig) -> dict:
     if _on_gpu(cfg.trainer) and cfg.get("tf32", True):
         torch.set_float32_matmul_precision("high")
     settings = {"precision": precision, "plugins": [AtomicCheckpointIO()]}
+    if srun_started():  # dpm.app.requeue answers SLURM's signals; Lightning's auto-requeue would save mid-step
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        try:
+            settings["plugins"].append(SLURMEnvironment(auto_requeue=False))
+        except RuntimeError as err:  # a layout Lightning cannot read (--ntasks without --ntasks-per-node)
+            raise ConfigError(f"this SLURM job's layout: {err}") from None
     strategy = cfg.trainer.get("strategy", "auto")
     if strategy == "ddp" or (strategy == "auto" and _world_size(cfg.trainer) > 1):
         from lightning.pytorch.strategies import DDPStrategy
@@ -84,7 +92,7 @@ def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
 SRUN_HINT = "The `srun` command is available on your system but is not used"
 
 
-def make_trainer(cfg: DictConfig, settings: dict) -> L.Trainer:
+def make_trainer(cfg: DictConfig, settings: dict, extra_callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
     """The Trainer of cfg.trainer with dpm's settings (trainer_settings), its callbacks and loggers; a setting
     Lightning refuses (an unknown strategy, devices=-1, an accelerator this machine lacks) is a ConfigError naming
     the trainer node, and so is a SLURM job whose tasks do not match it (check_slurm_layout).
@@ -95,8 +103,8 @@ def make_trainer(cfg: DictConfig, settings: dict) -> L.Trainer:
 
     warnings.filterwarnings("default" if _world_size(cfg.trainer) > 1 else "ignore", message=SRUN_HINT)
     try:
-        trainer = instantiate(cfg.trainer, callbacks=make_callbacks(cfg), logger=_children(cfg.get("logger")) or False,
-                              **settings)
+        trainer = instantiate(cfg.trainer, callbacks=[*make_callbacks(cfg), *extra_callbacks],
+                              logger=_children(cfg.get("logger")) or False, **settings)
     except InstantiationException as err:
         cause = err.__cause__
         if not isinstance(cause, (MisconfigurationException, ValueError, TypeError, RuntimeError)):
