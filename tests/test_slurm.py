@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -163,3 +164,89 @@ def test_slurm_layout_that_does_not_match_the_trainer_is_refused_naming_both(tmp
         assert all(word in err for word in cases[name][2]), (name, err[-3000:])
         assert "Traceback" not in err, (name, err[-3000:])
         assert not (tmp_path / name / "checkpoints").exists()  # refused before training
+
+
+# ---- c: time limits, preemption, scancel ---------------------------------------------------------------------------
+
+def ckpt_step(path: Path) -> int:
+    return torch.load(path, weights_only=True)["global_step"] if path.is_file() else -1
+
+
+def wait_for(what: str, check, timeout_s: float = 240, poll_s: float = 0.2):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(poll_s)
+    pytest.fail(f"waited {timeout_s} s for {what}")
+
+
+LONG = [a for a in TINY if not a.startswith(("trainer.max_steps", "trainer.val_check_interval"))] + [
+    "trainer.max_steps=1500", "trainer.val_check_interval=20", "seed=3"]
+
+
+@pytest.mark.timeout(900)
+def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_exact(tmp_path):
+    """A sweep job gets SIGUSR2 (what SLURM sends signal_delay_s before the time limit; `scancel --signal` sends it
+    now), requeues itself and resumes; then `scontrol requeue` (a preemption's SIGTERM) stops it and SLURM starts it
+    a third time. It ends in its own directory with the weights of an uninterrupted run, bit for bit."""
+    sweep = tmp_path / "sweep"
+    head = subprocess.Popen([sys.executable, "train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1",
+                             "hydra.launcher.timeout_min=10", *LONG, f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=ENV,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    straight = subprocess.Popen([sys.executable, "train.py", *LONG, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=ROOT,
+                                env=ENV, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        last = sweep / "0" / "checkpoints" / "last.ckpt"
+        wait_for("the job's first checkpoint", lambda: ckpt_step(last) > 0)
+        job = next((sweep / ".submitit").glob("*_0")).name  # <array job>_0
+        log = sweep / ".submitit" / job / f"{job}_0_log.err"
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        warned = int(wait_for("the stop on SIGUSR2", lambda: re.search(
+            r"stopped by SIGUSR2 at step (\d+).*holds step \1.*requeued", log.read_text()))[1])
+        resumed = wait_for("the restart", lambda: re.search(r"started again \(restart 1\).*step (\d+)", log.read_text()))
+        assert int(resumed[1]) == warned
+        wait_for("a checkpoint after the restart", lambda: ckpt_step(last) > warned)
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        stopped = int(wait_for("the stop on SIGTERM", lambda: re.search(
+            r"stopped by SIGTERM at step (\d+)", log.read_text()))[1])
+        resumed = wait_for("the second restart", lambda: re.search(
+            r"started again \(restart 2\).*step (\d+)", log.read_text()))
+        assert int(resumed[1]) == stopped > warned
+        _, err = head.communicate(timeout=600)
+        assert head.returncode == 0, err[-3000:]
+        _, err = straight.communicate(timeout=300)
+        assert straight.returncode == 0, err[-3000:]
+    finally:
+        for proc in (head, straight):
+            proc.kill()
+    print(f"signalled (SIGUSR2) at step {warned}, resumed at {warned}; requeued (SIGTERM) at step {stopped}, resumed at "
+          f"{stopped}")
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["global_step"] == b["global_step"] == 1500
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert job_info(job)["Restarts"] == "2"
+    assert sorted(p.name for p in sweep.iterdir()) == [".submitit", "0", "multirun.yaml"]  # no second run directory
+    assert json.loads((sweep / "0" / ".hydra" / "job.json").read_text())["status"] == "COMPLETED"
+    rows = report([sweep])["rows"]
+    assert len(rows) == 1 and rows[0]["status"] == "complete" and rows[0]["steps"] == 1500
+
+
+@pytest.mark.timeout(600)
+def test_scancel_ends_the_job_with_last_ckpt_and_exit_143(tmp_path):
+    run = tmp_path / "run"
+    job = sbatch(f"""#!/bin/bash
+#SBATCH --nodes=1 --ntasks-per-node=1 --cpus-per-task=1 --time=10
+srun {sys.executable} train.py {' '.join(LONG)} trainer.max_steps=100000 hydra.run.dir={run}
+""", tmp_path)
+    wait_for("the first checkpoint", lambda: ckpt_step(run / "checkpoints" / "last.ckpt") > 0)
+    subprocess.run(["scancel", job], check=True)
+    info = wait_job(job)
+    log = (tmp_path / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "CANCELLED" and info["Restarts"] == "0", log[-3000:]
+    step = int(re.search(r"stopped by SIGTERM at step (\d+): \S+last.ckpt holds step \1", log)[1])
+    assert "task 0: Exited with exit code 143" in log  # srun's report of the training's exit code
+    assert ckpt_step(run / "checkpoints" / "last.ckpt") == step > 0
