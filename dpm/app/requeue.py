@@ -19,36 +19,16 @@ with last.ckpt and exit 143, as outside SLURM; a job SLURM requeued resumes the 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from typing import Any
 
 import lightning as L
 
+from dpm.app.slurm import slurm_job_id
 from dpm.errors import Interrupted
 
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
-
-
-def slurm_job_id() -> str | None:
-    """This SLURM job's id as scontrol names it (`<array job>_<task>` for a task of an array, as the sweeps of
-    hydra/launcher=slurm are), or None outside a SLURM batch job (salloc's or srun's interactive allocations cannot
-    be requeued)."""
-    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):  # Lightning's rule for an interactive job
-        return None
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-
-
-def srun_started() -> bool:
-    """Whether srun started this process (Lightning's SLURMEnvironment.detect: SLURM's tasks are the processes)."""
-    return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-
-
-def restarts() -> int:
-    """How often SLURM started this job again (after a requeue); 0 for its first run."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
 
 
 class RequeueOnSignal(L.Callback):

@@ -2,11 +2,13 @@
 
 No Hydra runtime is needed here (train.py passes the run directory), so tests call it directly. Every check that
 can fail runs before the first file is written; a run directory holds one run (dpm.app.rundir); a resumed run
-applies or refuses each changed setting (dpm.app.resume).
+applies or refuses each changed setting (dpm.app.resume); a SLURM job that SLURM started again after a requeue
+resumes from its own last.ckpt in its own directory (dpm.app.requeue).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -17,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpm.app.build import build
 from dpm.app.checkpoint import load_checkpoint
-from dpm.app.checks import check_train_config
-from dpm.app.requeue import RequeueOnSignal, slurm_job_id
+from dpm.app.checks import check_train_config, resolved
+from dpm.app.requeue import RequeueOnSignal
 from dpm.app.resume import check_resume
-from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
+from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, requeued_run, write_hydra_record
+from dpm.app.slurm import restarts, slurm_job_id
 from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.app.trust import trusted_packages
 from dpm.data.base import DataModule
@@ -37,7 +40,17 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.out_dir = str(out_dir)
+    cfg = resolved(cfg)  # what is checked is what the Trainer, callbacks and loggers are built from
     check_train_config(cfg)
+    if requeued_run(out_dir):  # this SLURM job's own directory, from its run before the requeue
+        own = out_dir / "checkpoints" / "last.ckpt"
+        with open_dict(cfg):
+            cfg.ckpt_path = str(own) if own.is_file() else cfg.get("ckpt_path")
+        if global_rank_from_env() == 0:
+            step = torch.load(own, map_location="cpu", weights_only=True).get("global_step") if own.is_file() else 0
+            print(f"SLURM job {slurm_job_id()} started again (restart {restarts()}): resuming in {out_dir} from "
+                  + (f"{own}, step {step}" if own.is_file() else f"step {step} (no checkpoint was written before)"),
+                  file=sys.stderr, flush=True)
     ckpt_path = cfg.get("ckpt_path")
     changes, start_step = [], 0
     if ckpt_path is not None:
@@ -49,41 +62,38 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     settings = trainer_settings(cfg)
+    # In a SLURM job, SLURM's warning signals are answered from here on (dpm.app.requeue)
     requeue = RequeueOnSignal() if slurm_job_id() and threading.current_thread() is threading.main_thread() else None
     try:
-        return _train(cfg, out_dir, hydra_record, settings, requeue, ckpt_path, changes, start_step)
+        dm, module = build(cfg)
+        check_data_fits(cfg, dm)
+        # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
+        # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
+        trainer = make_trainer(cfg, settings, (requeue,) if requeue is not None else ())
+        rank0 = global_rank_from_env() == 0  # the DDP processes Lightning starts later share rank 0's directory
+        with claimed_for(out_dir, "training run", rank0):
+            if rank0:
+                check_writable(out_dir / "checkpoints", "hydra.run.dir")
+                if hydra_record:
+                    write_hydra_record(out_dir, hydra_record)
+                config = dict(module.run_config)
+                if ckpt_path is not None:
+                    config["resumed_from"] = str(ckpt_path)
+                    config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
+                write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+            for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
+                logger.log_hyperparams(module.run_config)
+            try:
+                with processes_cleaned_up():
+                    return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step, requeue)
+            finally:
+                if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+                    import wandb
+
+                    wandb.finish()  # or every job of a multirun logs into one W&B run
     finally:
         if requeue is not None:
             requeue.restore()
-
-
-def _train(cfg: DictConfig, out_dir: Path, hydra_record: dict[str, str] | None, settings: dict,
-           requeue: RequeueOnSignal | None, ckpt_path: str | None, changes: list, start_step: int) -> dict:
-    dm, module = build(cfg)
-    check_data_fits(cfg, dm)
-    # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
-    # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
-    trainer = make_trainer(cfg, settings, (requeue,) if requeue is not None else ())
-    if global_rank_from_env() == 0:  # the DDP processes Lightning starts later share rank 0's directory
-        claim(out_dir, "training run")
-        check_writable(out_dir / "checkpoints", "hydra.run.dir")
-        if hydra_record:
-            write_hydra_record(out_dir, hydra_record)
-        config = dict(module.run_config)
-        if ckpt_path is not None:
-            config["resumed_from"] = str(ckpt_path)
-            config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
-        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-    for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
-        logger.log_hyperparams(module.run_config)
-    try:
-        with processes_cleaned_up():
-            return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step, requeue)
-    finally:
-        if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-            import wandb
-
-            wandb.finish()  # or every job of a multirun logs into one W&B run
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,

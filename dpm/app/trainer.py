@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
 from dpm.app.lines import LineProgress
-from dpm.app.requeue import srun_started
+from dpm.app.slurm import srun_started
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 
