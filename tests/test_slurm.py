@@ -200,7 +200,7 @@ def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_e
     try:
         last = sweep / "0" / "checkpoints" / "last.ckpt"
         wait_for("the job's first checkpoint", lambda: ckpt_step(last) > 0)
-        job = next((sweep / ".submitit").glob("*_0")).name  # <array job>_0
+        job = next(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir())  # the SLURM job id
         log = sweep / ".submitit" / job / f"{job}_0_log.err"
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         warned = int(wait_for("the stop on SIGUSR2", lambda: re.search(

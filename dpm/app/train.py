@@ -175,4 +175,6 @@ def _stopped_message(signal_name: str, out_dir: Path, trainer: L.Trainer) -> str
     last = out_dir / "checkpoints" / "last.ckpt"
     where = (f"{last} holds step {trainer.global_step}; resume with: python train.py ckpt_path={last}"
              if last.is_file() else "no checkpoint could be written")
+    if last.is_file() and slurm_job_id() is not None:
+        where += f" (or, if SLURM requeues job {slurm_job_id()}, it resumes from there by itself)"
     return f"stopped by {signal_name} at step {trainer.global_step}: {where}"
