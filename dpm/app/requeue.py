@@ -19,8 +19,11 @@ with last.ckpt and exit 143, as outside SLURM; a job SLURM requeued resumes the 
 
 from __future__ import annotations
 
+import csv
+import io
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -80,3 +83,22 @@ class RequeueOnSignal(L.Callback):
                                f"({(done.stderr or done.stdout).strip()}). {checkpoint}")
         return Interrupted(128 + self.signal, f"{stopped}; {checkpoint}; SLURM job {self.job_id} requeued: it "
                            "starts again and resumes from there, in this directory")
+
+
+def keep_earlier_metrics(trainer: L.Trainer) -> None:
+    """Lightning's CSVLogger deletes the metrics.csv it finds when it starts writing (it takes the folder for a new
+    run's). A run that resumes in its own directory after a requeue keeps the rows of its earlier part: the file is
+    read first, put back once the logger has started, and the logger continues it (its columns so far are the
+    file's header, kept sorted as the logger keeps them). Rank 0 only, where the logger writes."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    from dpm.io.files import write_text
+
+    for logger in trainer.loggers:
+        path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if path is None or not path.is_file():
+            continue
+        text = path.read_text()
+        writer = logger.experiment  # starts Lightning's writer, which removes the file
+        write_text(path, text)
+        writer.metrics_keys = sorted(next(csv.reader(io.StringIO(text)), []))

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpm.app.build import build
 from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config, resolved
-from dpm.app.requeue import RequeueOnSignal
+from dpm.app.requeue import RequeueOnSignal, keep_earlier_metrics
 from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, requeued_run, write_hydra_record
 from dpm.app.slurm import restarts, slurm_job_id
@@ -42,7 +42,8 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         cfg.out_dir = str(out_dir)
     cfg = resolved(cfg)  # what is checked is what the Trainer, callbacks and loggers are built from
     check_train_config(cfg)
-    if requeued_run(out_dir):  # this SLURM job's own directory, from its run before the requeue
+    requeued = requeued_run(out_dir)
+    if requeued:  # this SLURM job's own directory, from its run before the requeue
         own = out_dir / "checkpoints" / "last.ckpt"
         with open_dict(cfg):
             cfg.ckpt_path = str(own) if own.is_file() else cfg.get("ckpt_path")
@@ -81,6 +82,8 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
                     config["resumed_from"] = str(ckpt_path)
                     config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
                 write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+                if requeued:
+                    keep_earlier_metrics(trainer)
             for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
                 logger.log_hyperparams(module.run_config)
             try:
