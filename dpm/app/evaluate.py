@@ -52,13 +52,14 @@ def fabric_for_devices(cfg: DictConfig):
     devices, nodes = cfg.get("devices", 1), cfg.get("num_nodes", 1)
     if devices == 1 and nodes == 1:
         return None
+    asked = f"devices={devices}" + (f" num_nodes={nodes}" if nodes != 1 else "")
     if not TASKS[cfg.task].processes:
         many = [name for name, task in TASKS.items() if task.processes]
-        raise ConfigError(f"devices={devices} num_nodes={nodes} applies to task={'|'.join(many)}; task={cfg.task} runs "
-                          "in one process (choose its device with device=...)")
+        raise ConfigError(f"{asked} applies to task={'|'.join(many)}; task={cfg.task} runs in one process (choose its "
+                          "device with device=...)")
     if cfg.device != "auto":
-        raise ConfigError(f"device={cfg.device} chooses the one device of a single process; with devices={devices} "
-                          f"num_nodes={nodes} choose the kind with accelerator=cpu|gpu|auto")
+        raise ConfigError(f"device={cfg.device} chooses the one device of a single process; with {asked} choose the "
+                          "kind with accelerator=cpu|gpu|auto")
     from lightning.fabric import Fabric
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
@@ -66,8 +67,7 @@ def fabric_for_devices(cfg: DictConfig):
         fabric = Fabric(accelerator=cfg.get("accelerator", "auto"), devices=devices, num_nodes=nodes,
                         strategy="ddp", precision="32-true")
     except (MisconfigurationException, ValueError, RuntimeError) as err:
-        raise ConfigError(f"devices={devices} num_nodes={nodes} accelerator={cfg.get('accelerator', 'auto')}: "
-                          f"{err}") from None
+        raise ConfigError(f"{asked} accelerator={cfg.get('accelerator', 'auto')}: {err}") from None
     check_slurm_layout(fabric.strategy.cluster_environment, devices, nodes, f"devices={devices}, num_nodes={nodes}")
     return fabric
 
