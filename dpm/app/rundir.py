@@ -179,13 +179,17 @@ def requeued_run(path: str | Path) -> bool:
     """Whether path is this SLURM job's own run directory from before a requeue: its claim (kept when the run was
     stopped, claimed_for) names this job and a start of it no later than this one. SLURM ends every process of a
     job before it starts the job again, so nothing else of the job can be writing there. The job's other tasks (DDP
-    ranks) read the claim too: "no later" covers the one rank 0 of this start may have written already."""
+    ranks) read the claim too: "no later" covers the one rank 0 of this start may have written already. A live
+    process of an earlier start on this host (the same variables set by hand) keeps its directory."""
     job = slurm_job_id()
     if job is None or restarts() == 0:
         return False
     record = read_claim(Path(path))
     restart = record.get("slurm_restart")
-    return record.get("slurm_job") == job and isinstance(restart, int) and restart <= restarts()
+    if record.get("slurm_job") != job or not isinstance(restart, int) or restart > restarts():
+        return False
+    # an earlier start's process is gone (SLURM ended it; on another node it cannot be checked from here)
+    return restart == restarts() or record.get("host") != socket.gethostname() or claim_is_stale(record)
 
 
 def _take_back(path: Path, what: str) -> Path:
