@@ -183,8 +183,9 @@ def wait_for(what: str, check, timeout_s: float = 240, poll_s: float = 0.2):
     pytest.fail(f"waited {timeout_s} s for {what}")
 
 
+STEPS = 1000
 LONG = [a for a in TINY if not a.startswith(("trainer.max_steps", "trainer.val_check_interval"))] + [
-    "trainer.max_steps=1500", "trainer.val_check_interval=20", "seed=3"]
+    f"trainer.max_steps={STEPS}", "trainer.val_check_interval=20", "seed=3"]
 
 
 @pytest.mark.timeout(900)
@@ -226,7 +227,7 @@ def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_e
           f"{stopped}")
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(last, weights_only=True)
-    assert a["global_step"] == b["global_step"] == 1500
+    assert a["global_step"] == b["global_step"] == STEPS
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     assert job_info(job)["Restarts"] == "2"
@@ -236,7 +237,7 @@ def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_e
     assert len(rows) == 1 and rows[0]["status"] == "complete"
     assert rows[0]["K"] == pytest.approx(json.loads((sweep / "0" / "eval.json").read_text())["K"])
     logged = [int(r["step"]) for r in csv.DictReader(open(sweep / "0" / "logs" / "metrics.csv")) if r.get("val/K")]
-    assert min(logged) < warned and max(logged) >= 1499  # the metrics of all three parts, in one file
+    assert min(logged) < warned and max(logged) >= STEPS - 1  # the metrics of all three parts, in one file
 
 
 @pytest.mark.timeout(600)
