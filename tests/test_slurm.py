@@ -207,14 +207,14 @@ def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_e
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         warned = int(wait_for("the stop on SIGUSR2", lambda: re.search(
             r"stopped by SIGUSR2 at step (\d+).*holds step \1.*requeued", log.read_text()))[1])
-        resumed = wait_for("the restart", lambda: re.search(r"started again \(restart 1\).*step (\d+)", log.read_text()))
+        resumed = wait_for("the restart", lambda: re.search(r"started again \(restart 1\).*? from step (\d+)", log.read_text()))
         assert int(resumed[1]) == warned
         wait_for("a checkpoint after the restart", lambda: ckpt_step(last) > warned)
         subprocess.run(["scontrol", "requeue", job], check=True)
         stopped = int(wait_for("the stop on SIGTERM", lambda: re.search(
             r"stopped by SIGTERM at step (\d+)", log.read_text()))[1])
         resumed = wait_for("the second restart", lambda: re.search(
-            r"started again \(restart 2\).*step (\d+)", log.read_text()))
+            r"started again \(restart 2\).*? from step (\d+)", log.read_text()))
         assert int(resumed[1]) == stopped > warned
         _, err = head.communicate(timeout=600)
         assert head.returncode == 0, err[-3000:]

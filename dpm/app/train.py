@@ -42,16 +42,11 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         cfg.out_dir = str(out_dir)
     cfg = resolved(cfg)  # what is checked is what the Trainer, callbacks and loggers are built from
     check_train_config(cfg)
-    requeued = requeued_run(out_dir)
-    if requeued:  # this SLURM job's own directory, from its run before the requeue
-        own = out_dir / "checkpoints" / "last.ckpt"
+    requeued = requeued_run(out_dir)  # this SLURM job's own directory, from its start before a requeue
+    own = out_dir / "checkpoints" / "last.ckpt"
+    if requeued and own.is_file():
         with open_dict(cfg):
-            cfg.ckpt_path = str(own) if own.is_file() else cfg.get("ckpt_path")
-        if global_rank_from_env() == 0:
-            step = torch.load(own, map_location="cpu", weights_only=True).get("global_step") if own.is_file() else 0
-            print(f"SLURM job {slurm_job_id()} started again (restart {restarts()}): resuming in {out_dir} from "
-                  + (f"{own}, step {step}" if own.is_file() else f"step {step} (no checkpoint was written before)"),
-                  file=sys.stderr, flush=True)
+            cfg.ckpt_path = str(own)
     ckpt_path = cfg.get("ckpt_path")
     changes, start_step = [], 0
     if ckpt_path is not None:
@@ -60,6 +55,9 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         changes = check_resume(ckpt["dpm_config"], new, str(ckpt_path))
         start_step = int(ckpt.get("global_step", 0))
         del ckpt
+    if requeued and global_rank_from_env() == 0:
+        print(f"SLURM job {slurm_job_id()} started again (restart {restarts()}): the run goes on in {out_dir} from "
+              f"step {start_step} ({ckpt_path or 'no checkpoint was written before'})", file=sys.stderr, flush=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     settings = trainer_settings(cfg)
