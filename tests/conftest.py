@@ -22,7 +22,8 @@ def compose_cfg():
 def slurm_missing() -> str | None:
     """Why no SLURM cluster can take jobs here, or None when its controller answers."""
     if shutil.which("sbatch") is None or shutil.which("scontrol") is None:
-        return "no SLURM client here (sbatch, scontrol): scripts/slurm-local.sh up installs and starts a one-node cluster"
+        return ("no SLURM client here (sbatch, scontrol): scripts/slurm-local.sh up installs and starts a one-node "
+                "cluster")
     try:
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:

@@ -125,9 +125,9 @@ srun --label {sys.executable} evaluate.py ckpt_path={run}/checkpoints/last.ckpt 
         assert torch.equal(value, slurm_w["state_dict"][key]), key
     two = json.loads((tmp_path / "eval_2_tasks" / "eval.json").read_text())
     assert two["processes"] == 2
-    one_proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={run}/checkpoints/last.ckpt", "progress=false",
-                               f"hydra.run.dir={tmp_path}/eval_1"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300, env=ENV)
+    one_proc = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={run}/checkpoints/last.ckpt",
+                               "progress=false", f"hydra.run.dir={tmp_path}/eval_1"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env=ENV)
     assert one_proc.returncode == 0, one_proc.stderr[-3000:]
     one = json.loads((tmp_path / "eval_1" / "eval.json").read_text())
     at_end = json.loads((run / "eval.json").read_text())
@@ -207,7 +207,8 @@ def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_e
         subprocess.run(["scancel", "--signal=USR2", job], check=True)
         warned = int(wait_for("the stop on SIGUSR2", lambda: re.search(
             r"stopped by SIGUSR2 at step (\d+).*holds step \1.*requeued", log.read_text()))[1])
-        resumed = wait_for("the restart", lambda: re.search(r"started again \(restart 1\).*? from step (\d+)", log.read_text()))
+        resumed = wait_for("the restart", lambda: re.search(
+            r"started again \(restart 1\).*? from step (\d+)", log.read_text()))
         assert int(resumed[1]) == warned
         wait_for("a checkpoint after the restart", lambda: ckpt_step(last) > warned)
         subprocess.run(["scontrol", "requeue", job], check=True)
@@ -223,8 +224,8 @@ def test_sweep_job_warned_then_requeued_resumes_by_itself_in_its_directory_bit_e
     finally:
         for proc in (head, straight):
             proc.kill()
-    print(f"signalled (SIGUSR2) at step {warned}, resumed at {warned}; requeued (SIGTERM) at step {stopped}, resumed at "
-          f"{stopped}")
+    print(f"signalled (SIGUSR2) at step {warned}, resumed at {warned}; requeued (SIGTERM) at step {stopped}, "
+          f"resumed at {stopped}")
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(last, weights_only=True)
     assert a["global_step"] == b["global_step"] == STEPS

@@ -142,8 +142,8 @@ def check_slurm_layout(environment: object, devices: int, nodes: int, settings: 
            f"--nodes={nodes} --ntasks-per-node={devices}, and srun before the command")
     if step_tasks is None and tasks > 1:
         raise ConfigError(f"this SLURM job has {tasks} tasks (SLURM_NTASKS) but this process was not started by srun: "
-                          f"the other {tasks - 1} processes would never come and the run would wait forever ({settings})."
-                          f" Start the command with srun ({how}).")
+                          f"the other {tasks - 1} processes would never come and the run would wait forever "
+                          f"({settings}). Start the command with srun ({how}).")
     if tasks != devices * nodes or slurm_nodes != nodes or (per_node is not None and int(per_node) != devices):
         raise ConfigError(
             f"the SLURM job does not match the command: SLURM started {tasks} task{'s' * (tasks != 1)} on "
