@@ -3,8 +3,11 @@
 
 import csv
 import json
+import os
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import open_dict
@@ -13,6 +16,7 @@ from dpm.app.evaluate import evaluate
 from dpm.app.checkpoint import load_checkpoint, renamed_targets
 from dpm.app.train import train
 from dpm.app.compose import compose
+from dpm.errors import Interrupted
 
 TINY = ["trainer.max_steps=6", "trainer.val_check_interval=3", "trainer.enable_progress_bar=false",
         "dataset.n_train=256", "dataset.n_val=64", "dataset.n_test=64", "dataset.batch_size=64", "T=8"]
@@ -174,4 +178,40 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, straight_8, stop):
     first = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert torch.load(first, weights_only=True)["global_step"] == stop
     train(compose(RESUME_BASE + ["trainer.max_steps=8", f"ckpt_path={first}"]), tmp_path / "resumed")
+    _weights_equal(straight_8, tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+
+
+class SignalAt(L.Callback):
+    """Sends this process SIGTERM while step `step` is trained (`during`: from its batch's start) or right after it
+    (`after`: at its batch's end, past dpm's own batch-end hooks)."""
+
+    def __init__(self, step: int, when: str) -> None:
+        self.step, self.when = step, when
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if self.when == "during" and trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.when == "after" and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("step,when", [(4, "during"), (4, "after"), (3, "during")],
+                         ids=["epoch-end", "after-epoch-end", "mid-epoch"])
+def test_a_sigterm_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, straight_8, step, when):
+    """SIGTERM (or SLURM's warning signals, which stop the same way) in an epoch's last batch stops at the next
+    epoch's start, elsewhere after its step; either way last.ckpt resumes bit for bit."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            train(compose(RESUME_BASE + ["trainer.max_steps=8", "trust=[tests]", "+callbacks.stop._target_="
+                                         "tests.test_run.SignalAt", f"+callbacks.stop.step={step}",
+                                         f"+callbacks.stop.when={when}"]), tmp_path / "first")
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert stopped.value.exit_code == 143
+    first = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(first, weights_only=True)["global_step"] == (step + 1 if step == 4 else step)
+    train(compose(RESUME_BASE + ["trainer.max_steps=8", f"ckpt_path={first}", "trust=[tests]"]), tmp_path / "resumed")
     _weights_equal(straight_8, tmp_path / "resumed" / "checkpoints" / "last.ckpt")

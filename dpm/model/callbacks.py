@@ -20,6 +20,7 @@ class LastCheckpoint(L.Callback):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self._saved_step = -1
+        self._stop_at_next_epoch = False
 
     def _save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.dirpath / "last.ckpt", weights_only=False)
@@ -37,6 +38,21 @@ class LastCheckpoint(L.Callback):
                 connector.received_sigterm = True
 
             signal.signal(signal.SIGTERM, on_sigterm)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # A stop asked for (SIGTERM, SLURM's warning signals) during an epoch's last batch or its validation:
+        # Lightning would stop after counting the epoch as complete, a state that resumes one epoch's order off
+        # (the next epoch's batches counted as done), and under DDP on rank 0 alone (only its flag is set). The stop
+        # is carried over to the next epoch's start instead, where every rank stops together (Lightning's broadcast of
+        # the flag before each step) in a state that resumes exactly.
+        if trainer.received_sigterm and trainer.global_step < trainer.max_steps:
+            trainer._signal_connector.received_sigterm = False
+            self._stop_at_next_epoch = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self._stop_at_next_epoch:
+            self._stop_at_next_epoch = False
+            trainer._signal_connector.received_sigterm = True
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
