@@ -213,6 +213,9 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.accumulate_grad_batches": _int(1),
     "callbacks.ema.decay": _real(0, 1, hi_open=True),
     "callbacks.figure.every_n_val": _int(0),
+    "callbacks.overfitting.patience": _int(1),
+    "callbacks.early_stop.patience": _int(1),
+    "test_weights": lambda v: None if v in ("best", "last") else "must be best or last",
     "progress_bar_every": _int(1),
 }
 EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks

@@ -22,6 +22,7 @@ from dpm.io.files import write_json
 from dpm.io.progress import Progress, announce, time_per_call
 from dpm.core.truth import truth_fields
 from dpm.tasks.baselines import baseline_fields, baseline_lines
+from dpm.tasks.weights import chosen_fields, weights_lines
 
 
 def check(cfg: DictConfig, dm: DataModule, diffusion) -> dict:
@@ -47,7 +48,7 @@ def run(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Path,
                               batch_size=cfg.batch_size, limit=s["limit"], seed=cfg.seed, device=device,
                               progress=cfg.get("progress", True), fabric=fabric)
     result.update(weights=cfg.weights, checkpoint=str(cfg.ckpt_path),
-                  processes=fabric.world_size if fabric is not None else 1)
+                  processes=fabric.world_size if fabric is not None else 1, **chosen_fields(cfg))
     if fabric is not None and fabric.global_rank != 0:
         return result
     return {**result, "eval": str(write_bound(result, out_dir))}
@@ -204,5 +205,5 @@ def format_table(r: dict) -> str:
         lines.append(f"{'K (raw data)':<16}{r['K_raw']:>12.3f} ± {r['K_raw_stderr']:<7.3f}{'':>12}   {r['unit']}")
     if "nll_bits_per_dim_8bit" in r:
         lines.append(f"{'NLL 8-bit':<16}{r['nll_bits_per_dim_8bit']:>12.4f}{'':>22}   bits/dim (lower is better)")
-    lines += baseline_lines(r)
+    lines += weights_lines(r) + baseline_lines(r)
     return "\n".join(lines)
