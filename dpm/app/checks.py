@@ -216,6 +216,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "callbacks.overfitting.patience": _int(1),
     "callbacks.early_stop.patience": _int(1),
     "test_weights": lambda v: None if v in ("best", "last") else "must be best or last",
+    "t_sampling": lambda v: None if v in ("uniform", "importance") else "must be uniform or importance",
     "progress_bar_every": _int(1),
 }
 EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks
