@@ -70,9 +70,9 @@ class LastCheckpoint(L.Callback):
 
 
 class OverfittingMonitor(L.Callback):
-    """Watches val/K across validations and says so, in the log and in the run's eval.json, when it falls at
-    `patience` validations in a row while below its best: the model is fitting its training split better and held-out
-    data worse, i.e. overfitting. Its record (every validation's step and K) is kept in checkpoints, so a resumed
+    """Watches val/K across validations and says so, in the log and in the run's eval.json, when after its best it
+    falls at `patience` validations in a row: the model is fitting its training split better and held-out data
+    worse, i.e. overfitting (until a new best, if one comes). Its record (every validation's step and K) is kept in checkpoints, so a resumed
     run continues the count.
 
     summary() -> {val_K_best, val_K_best_step, val_K_last, val_K_last_step, val_K_falls, overfitting} for the
@@ -87,16 +87,16 @@ class OverfittingMonitor(L.Callback):
         self.warned_at: int | None = None  # the step of the best whose fall was last reported
 
     def falls(self) -> int:
-        """How many of the latest validations each fell below the one before, all below the best."""
+        """The longest run of validations, after the best one, each lower than the one before."""
         if not self.history:
             return 0
-        best = max(k for _, k in self.history)
-        n = 0
-        for (_, before), (_, now) in zip(self.history[-2::-1], self.history[:0:-1]):
-            if not (now < before and now < best):
-                break
-            n += 1
-        return n
+        values = [k for _, k in self.history]
+        best = values.index(max(values))
+        longest = streak = 0
+        for before, now in zip(values[best:], values[best + 1:]):
+            streak = streak + 1 if now < before else 0
+            longest = max(longest, streak)
+        return longest
 
     def summary(self) -> dict | None:
         if not self.history:
@@ -132,8 +132,8 @@ class OverfittingMonitor(L.Callback):
 
 def overfitting_message(s: dict) -> str:
     """The one sentence that reports overfitting, from OverfittingMonitor.summary()."""
-    return (f"overfitting: val/K has fallen at the last {s['val_K_falls']} validations, to {s['val_K_last']:.3f} at "
-            f"step {s['val_K_last_step']}, from its best {s['val_K_best']:.3f} at step {s['val_K_best_step']}: the "
+    return (f"overfitting: after its best, {s['val_K_best']:.3f} at step {s['val_K_best_step']}, val/K fell at "
+            f"{s['val_K_falls']} validations in a row (at step {s['val_K_last_step']}: {s['val_K_last']:.3f}): the "
             "model fits its training split better and held-out data worse. The test bound at the end uses the best "
             "validation weights (test_weights=best); callbacks=early_stop stops such a run, and a smaller "
             "trainer.max_steps or more data helps.")

@@ -20,7 +20,7 @@ def weights_lines(r: dict) -> list[str]:
         val = f", val/K {r['weights_val_K']:.3f}" if r.get("weights_val_K") is not None else ""
         lines.append(f"{'weights':<16}{r.get('weights', 'raw')}, {r['weights_chosen']}, step {r['weights_step']}{val}")
     if r.get("overfitting"):
-        lines.append(f"{'overfitting':<16}val/K fell at the last {r['val_K_falls']} validations, to "
-                     f"{r['val_K_last']:.3f} at step {r['val_K_last_step']} from {r['val_K_best']:.3f} at step "
-                     f"{r['val_K_best_step']}")
+        lines.append(f"{'overfitting':<16}after its best ({r['val_K_best']:.3f}, step {r['val_K_best_step']}) val/K "
+                     f"fell at {r['val_K_falls']} validations in a row; {r['val_K_last']:.3f} at step "
+                     f"{r['val_K_last_step']}")
     return lines
