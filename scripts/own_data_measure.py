@@ -109,7 +109,7 @@ def bits_markov(n, rng):
 
 
 def sklearn_table(name):
-    def make(n, rng):
+    def make(n, rng):  # the whole table, whatever n
         from sklearn import datasets
         return getattr(datasets, f"load_{name}")().data, None
     return make
@@ -129,12 +129,22 @@ BEFORE = ["dataset.scaling=global", "T=40", "schedule=geometric", "net=mlp", "lr
 BEFORE_BITS = ["diffusion.p=null"]
 
 
-def write_data(out: Path, name: str, n: int) -> Path:
-    path = out / "data" / f"{name}.npy"
+def write_data(out: Path, name: str, n: int, n_test: int) -> Path:
+    """The set's file: generated sets as .npz with their own splits (n to train on, n // 10 to validate, n_test to
+    test: the bound's per-example noise needs many test examples to resolve a few hundredths of a bit); the real
+    tables as one .npy array, split by dataset=array (a tenth each for validation and test)."""
+    if truth_of(name) is None:
+        path = out / "data" / f"{name}.npy"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, SETS[name](0, None)[0])
+        return path
+    path = out / "data" / f"{name}_{n}_{n_test}.npz"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        x, _ = SETS[name](n, np.random.default_rng(SEEDS[name]))
-        np.save(path, x)
+        rng = np.random.default_rng(SEEDS[name])
+        sizes = {"train": n, "val": max(2, n // 10), "test": n_test}
+        np.savez(path, **{split: SETS[name](size, rng)[0] for split, size in sizes.items()})
     return path
 
 
@@ -179,8 +189,8 @@ def train(name: str, path: Path, run_dir: Path, settings: list[str]) -> tuple[fl
     return seconds, load_before, os.getloadavg()
 
 
-def measure(name: str, out: Path, tag: str, settings: list[str], n: int) -> dict:
-    path = write_data(out, name, n)
+def measure(name: str, out: Path, tag: str, settings: list[str], n: int, n_test: int) -> dict:
+    path = write_data(out, name, n, n_test)
     run_dir = out / tag / name
     if not (run_dir / "eval.json").is_file():
         seconds, load_before, load_after = train(name, path, run_dir, settings)
@@ -197,11 +207,23 @@ def measure(name: str, out: Path, tag: str, settings: list[str], n: int) -> dict
         row["baseline"] = best.get("log_likelihood_raw", best["log_likelihood"])
     truth = truth_of(name)
     if truth is not None:
-        K, raw = per_example(result)
-        true = truth(raw) / LN2
+        if not (run_dir / "K_test.npz").is_file():
+            K, raw = per_example(result)
+            np.savez(run_dir / "K_test.npz", K=K, truth=truth(raw) / LN2, dims=raw.shape[1])
+        saved = np.load(run_dir / "K_test.npz")
+        K, true = saved["K"], saved["truth"]
         row.update(truth=float(true.mean()), gap=float((K - true).mean()),
-                   gap_se=float((K - true).std(ddof=1) / math.sqrt(len(K))), dims=raw.shape[1])
+                   gap_se=float((K - true).std(ddof=1) / math.sqrt(len(K))), dims=int(saved["dims"]))
     return row
+
+
+def compare(out: Path, tag: str, other: str, names: list[str]) -> None:
+    """K of runs `tag` minus K of runs `other` on the same test examples and keyed draws: paired differences."""
+    for name in names:
+        a, b = out / tag / name / "K_test.npz", out / other / name / "K_test.npz"
+        if a.is_file() and b.is_file():
+            d = np.load(a)["K"] - np.load(b)["K"]
+            print(f"{name}: K[{tag}] - K[{other}] = {d.mean():.4f} ± {d.std(ddof=1) / math.sqrt(len(d)):.4f}")
 
 
 def fmt(v, se=None, digits=3):
@@ -231,7 +253,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sets", default=",".join(SETS), help="comma-separated, from: " + ", ".join(SETS))
     parser.add_argument("--settings", choices=("after", "before"), default="after",
                         help="after: the defaults; before: dataset=array's settings before the own-data defaults")
-    parser.add_argument("--n", type=int, default=20000, help="examples per generated set (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=20000, help="training examples per generated set (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=20000, help="test examples per generated set (default: %(default)s)")
+    parser.add_argument("--compare", metavar="TAG", help="also print K minus K of the runs TAG, paired per example")
     parser.add_argument("--tag", help="the runs' folder under --out (default: the settings' name)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an extra override")
     args = parser.parse_args(argv)
@@ -243,9 +267,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name in names:
         settings = (BEFORE + (BEFORE_BITS if name in BITS else []) if args.settings == "before" else []) + args.set
-        rows.append(measure(name, out, args.tag or args.settings, settings, args.n))
+        rows.append(measure(name, out, args.tag or args.settings, settings, args.n, args.n_test))
         print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
+    if args.compare:
+        compare(out, args.tag or args.settings, args.compare, names)
     return rows
 
 

@@ -203,7 +203,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "lr_scheduler.every": _int(1),
     "lr_scheduler.factor": _real(0, 1, lo_open=True),
     "lr_scheduler.floor": _real(0),
-    "lr_scheduler.total_steps": _int(1),
+    "lr_scheduler.total_steps": _int(1, allow=(None,)),
     "lr_scheduler.warmup_steps": _int(0),
     "trainer.max_steps": _int(1),
     "trainer.val_check_interval": _real(0, lo_open=True, allow=(None,)),

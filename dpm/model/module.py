@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+import functools
 from typing import Any, Callable
 
 import lightning as L
@@ -186,7 +186,10 @@ class DiffusionModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        factory = self.lr_scheduler_factory
+        if getattr(factory, "keywords", {}).get("total_steps", 0) is None:  # a schedule over the run's own length
+            factory = functools.partial(factory, total_steps=max(1, int(self.trainer.estimated_stepping_batches)))
+        scheduler = factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
