@@ -117,3 +117,20 @@ def test_the_overfitting_count_needs_falls_in_a_row_below_the_best():
     assert monitor.falls() == 0
     with pytest.raises(ValueError, match="patience"):
         OverfittingMonitor(patience=0)
+
+
+def test_dataset_array_budget_is_in_epochs_with_the_learning_rate_decaying_over_them(tmp_path):
+    """The own-data default: max_epochs passes over the data (one batch each here) end the run before max_steps, and
+    the cosine decay spans exactly them (lr_scheduler=cosine_run: total_steps filled in by the module)."""
+    path = tiny_file(tmp_path)
+    train(compose(["dataset=array", f"dataset.path={path}", "dataset.n_val=20", "dataset.n_test=20", "T=10",
+                   "trainer.max_epochs=12", "trainer.max_steps=1000", "trainer.check_val_every_n_epoch=4",
+                   "trainer.log_every_n_steps=1", "optimizer.lr=0.01", "trainer.enable_progress_bar=false",
+                   "latest_link=null", "progress=false"]), tmp_path / "run")
+    with open(tmp_path / "run" / "logs" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    lr = {int(r["step"]): float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")}
+    assert max(lr) == 11 and [s for s, _ in validations(tmp_path / "run")] == [4, 8, 12]  # 12 steps, 3 validations
+    # cosine from 0.01 to 1 % of it over the 12 steps: step k has 0.01 (0.01 + 0.99 (1 + cos(pi k / 12)) / 2)
+    for k, value in lr.items():
+        assert value == pytest.approx(0.01 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 12))), rel=1e-6)
