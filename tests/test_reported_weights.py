@@ -134,3 +134,25 @@ def test_dataset_array_budget_is_in_epochs_with_the_learning_rate_decaying_over_
     # cosine from 0.01 to 1 % of it over the 12 steps: step k has 0.01 (0.01 + 0.99 (1 + cos(pi k / 12)) / 2)
     for k, value in lr.items():
         assert value == pytest.approx(0.01 * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * k / 12))), rel=1e-6)
+
+
+def test_plateau_cuts_the_learning_rate_as_its_rule_says_from_the_logged_validations(tmp_path):
+    """lr_scheduler=plateau: after each validation, more than `patience` validations without a new best val/K cut
+    the learning rate by `factor`; recomputed here from metrics.csv's val/K and compared with the logged lr."""
+    path = tiny_file(tmp_path)
+    train(compose(["dataset=array", f"dataset.path={path}", "dataset.n_val=20", "dataset.n_test=20", "T=10",
+                   "lr_scheduler=plateau", "lr_scheduler.patience=1", "lr_scheduler.factor=0.5", "optimizer.lr=0.02",
+                   "trainer.max_epochs=60", "trainer.check_val_every_n_epoch=2", "trainer.log_every_n_steps=1",
+                   "trainer.enable_progress_bar=false", "latest_link=null", "progress=false"]), tmp_path / "run")
+    with open(tmp_path / "run" / "logs" / "metrics.csv", newline="") as f:
+        lr = {int(r["step"]): float(r["lr-Adam"]) for r in csv.DictReader(f) if r.get("lr-Adam")}
+    rate, best, bad, cuts = 0.02, -float("inf"), 0, 0
+    for step, K in validations(tmp_path / "run")[:-1]:  # the last one ends the run: no step follows it
+        if K > best:
+            best, bad = K, 0
+        else:
+            bad += 1
+        if bad > 1:
+            rate, bad, cuts = rate * 0.5, 0, cuts + 1
+        assert lr[step] == pytest.approx(rate, rel=1e-9), step  # the rate of the step after the validation
+    assert cuts >= 1

@@ -252,6 +252,10 @@ def check_train_config(cfg: DictConfig) -> None:
     check_targets(cfg)
     check_ranges(cfg, TRAIN_RULES)
     check_keys(cfg)
+    scheduler = str(OmegaConf.select(cfg, "lr_scheduler._target_", default=""))
+    if scheduler.endswith("ReduceLROnPlateau") and not OmegaConf.select(cfg, "trainer.check_val_every_n_epoch"):
+        raise ConfigError("lr_scheduler=plateau is stepped after each validation, which must come every few epochs: "
+                          "set trainer.check_val_every_n_epoch=N and trainer.val_check_interval=1.0")
     diffusion = str(OmegaConf.select(cfg, "diffusion._target_", default=""))
     if diffusion.endswith("BinomialDiffusion") and OmegaConf.select(cfg, "schedule.learned", default=False):
         raise ConfigError("schedule.learned=true is refused with binomial diffusion: x_t is a Bernoulli draw with no "

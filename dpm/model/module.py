@@ -190,6 +190,13 @@ class DiffusionModule(L.LightningModule):
         if getattr(factory, "keywords", {}).get("total_steps", 0) is None:  # a schedule over the run's own length
             factory = functools.partial(factory, total_steps=max(1, int(self.trainer.estimated_stepping_batches)))
         scheduler = factory(optimizer)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # stepped after each validation
+            every = self.trainer.check_val_every_n_epoch
+            if not every:
+                raise ValueError("lr_scheduler=plateau is stepped after each validation, so it needs validations "
+                                 "every few epochs: set trainer.check_val_every_n_epoch (and val_check_interval=1.0)")
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/K",
+                                                             "interval": "epoch", "frequency": int(every)}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
