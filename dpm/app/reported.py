@@ -50,22 +50,41 @@ def validation_record(trainer: L.Trainer) -> dict:
 
 def best_of_run(ckpt: dict, given: Path) -> tuple[Path, dict]:
     """The checkpoint evaluate.py's ckpt_choice=run evaluates for the checkpoint `ckpt` read from `given`, and the
-    fields that say so: the run's best validation checkpoint (named in the checkpoint callback's state, looked up
-    beside `given`, so a moved run directory still works) when the run reports its best weights (test_weights=best),
-    else `given` itself."""
+    fields that say so: when the run reports its best weights (test_weights=best), its best validation checkpoint,
+    found beside `given` (so a moved run directory still works): of the checkpoints there that were the run's best
+    when written, the one with the highest val/K. (A `last.ckpt` names the best as it stood before its own
+    validation was ranked, Lightning ranking checkpoints last, so the files are asked rather than it.) Otherwise
+    `given` itself."""
     if ckpt["dpm_config"].get("test_weights", "last") != "best":
         return given, {"weights_chosen": "given", "weights_step": int(ckpt.get("global_step", 0))}
-    states = [v for k, v in ckpt.get("callbacks", {}).items()
-              if k.startswith("ModelCheckpoint") and isinstance(v, dict) and v.get("best_model_path")]
-    if not states:  # no validation had run when this checkpoint was written
+    found = [(score, path) for path in given.parent.glob("*.ckpt")
+             if path != given and (score := _best_score(path)) is not None]
+    if found:
+        score, best = max(found)
+        return best, {"weights_chosen": "best validation", "weights_val_K": score}
+    if not any(_monitor_states(ckpt)):  # no validation had run when this checkpoint was written
         return given, {"weights_chosen": "given (its run had no best validation checkpoint yet)",
                        "weights_step": int(ckpt.get("global_step", 0))}
-    state = states[0]
-    best = given.parent / Path(str(state["best_model_path"])).name
-    if not best.is_file():
-        raise ConfigError(f"ckpt_path={given}: its run reports the best validation weights (test_weights=best), in "
-                          f"{best.name}, which is not beside it in {given.parent}. Evaluate the given file itself with "
-                          "ckpt_choice=given, or give the best checkpoint's path")
-    score = state.get("best_model_score")
-    return best, {"weights_chosen": "best validation",
-                  "weights_val_K": float(score) if score is not None else None}
+    raise ConfigError(f"ckpt_path={given}: its run reports the best validation weights (test_weights=best), but no "
+                      f"best checkpoint of it is beside it in {given.parent}. Evaluate the given file itself with "
+                      "ckpt_choice=given, or give the best checkpoint's path")
+
+
+def _monitor_states(ckpt: dict) -> list[dict]:
+    """The states of the checkpoint callbacks that rank by val/K, with a best checkpoint recorded."""
+    return [v for k, v in (ckpt.get("callbacks") or {}).items()
+            if k.startswith("ModelCheckpoint") and f"'monitor': '{MONITOR}'" in k and isinstance(v, dict)
+            and v.get("best_model_path")]
+
+
+def _best_score(path: Path) -> float | None:
+    """val/K of the checkpoint at path if it was the run's best when written (its own checkpoint callback's state
+    names it as the best), else None; read as data (weights_only, memory-mapped: the weights are not loaded)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a checkpoint (or not one we can read): not a candidate
+        return None
+    for state in _monitor_states(ckpt) if isinstance(ckpt, dict) else []:
+        if Path(str(state["best_model_path"])).name == path.name and state.get("best_model_score") is not None:
+            return float(state["best_model_score"])
+    return None
