@@ -132,10 +132,11 @@ def test_the_overfitting_count_needs_falls_in_a_row_below_the_best():
 
 
 def test_dataset_array_budget_is_in_epochs_with_the_learning_rate_decaying_over_them(tmp_path):
-    """The own-data default: max_epochs passes over the data (one batch each here) end the run before max_steps, and
-    the cosine decay spans exactly them (lr_scheduler=cosine_run: total_steps filled in by the module)."""
+    """dataset=array's budget: max_epochs passes over the data (one batch each here) end the run before max_steps;
+    lr_scheduler=cosine_run spans exactly them (total_steps filled in by the module)."""
     path = tiny_file(tmp_path)
     train(compose(["dataset=array", f"dataset.path={path}", "dataset.n_val=20", "dataset.n_test=20", "T=10",
+                   "lr_scheduler=cosine_run",
                    "trainer.max_epochs=12", "trainer.max_steps=1000", "trainer.check_val_every_n_epoch=4",
                    "trainer.log_every_n_steps=1", "optimizer.lr=0.01", "trainer.enable_progress_bar=false",
                    "latest_link=null", "progress=false"]), tmp_path / "run")
