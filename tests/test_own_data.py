@@ -305,8 +305,11 @@ def true_log2_likelihood(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_gaussian_points_K_raw_is_a_bound_within_a_bit_of_the_truth(tmp_path):
-    """The CPU default (python train.py dataset=array dataset.path=FILE) on 20,000 draws of a 2-D Gaussian."""
+@pytest.mark.timeout(1800)
+def test_gaussian_points_K_raw_is_within_a_tenth_of_a_bit_of_the_truth(tmp_path):
+    """The own-data default (python train.py dataset=array dataset.path=FILE) on 20,000 draws of a 2-D Gaussian:
+    K_raw is within 0.1 bits of the true log-likelihood of the same test points and not above it beyond its noise
+    (scripts/own_data_measure.py measures this and the other sets to a few hundredths)."""
     x = np.random.default_rng(1).multivariate_normal(MEAN, COV, size=20000)
     np.save(tmp_path / "gauss.npy", x)
     out = run("train.py", "dataset=array", f"dataset.path={tmp_path / 'gauss.npy'}", "latest_link=null",
@@ -316,5 +319,6 @@ def test_gaussian_points_K_raw_is_a_bound_within_a_bit_of_the_truth(tmp_path):
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     test = ready(ArrayDataModule(path=str(tmp_path / "gauss.npy")))
     truth = true_log2_likelihood(test.denormalize(test.splits["test"]).double().numpy()).mean()
-    assert saved["n_examples"] == 2000
-    assert truth - 1.0 < saved["K_raw"] < truth, (saved["K_raw"], truth)
+    assert saved["n_examples"] == 2000 and saved["scaling"] == "column"
+    assert truth - 0.1 < saved["K_raw"] < truth + 3 * saved["K_raw_stderr"], (saved["K_raw"], truth)
+    assert saved["K_minus_best_baseline"] > -0.1  # the Gaussian baseline is the truth's form
