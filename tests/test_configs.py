@@ -25,11 +25,13 @@ def test_option_composes_and_light_nodes_instantiate(compose_cfg, group, option,
     with open_dict(cfg):
         cfg.out_dir = str(tmp_path)
     schedule = instantiate(cfg.schedule, T=cfg.T)
-    diffusion = instantiate(cfg.diffusion, schedule=schedule)
+    fitted = {"p": 0.3} if cfg.diffusion.get("p", 0) is None else {}  # p null: fitted to the data by build
+    diffusion = instantiate(cfg.diffusion, schedule=schedule, **fitted)
     assert diffusion.T == cfg.T
     optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
-    if cfg.get("lr_scheduler"):
-        instantiate(cfg.lr_scheduler)(optimizer)
+    if cfg.get("lr_scheduler"):  # total_steps null: the run's length, filled in by the module (as T by build)
+        run_length = {"total_steps": 100} if cfg.lr_scheduler.get("total_steps", 0) is None else {}
+        instantiate(cfg.lr_scheduler)(optimizer, **run_length)
     for node in ("callbacks", "logger"):
         for child in (cfg.get(node) or {}).values():
             if child is not None and "Wandb" not in child._target_:

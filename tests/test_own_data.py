@@ -224,8 +224,56 @@ def test_vectors_of_three_coordinates_draw_pairwise_scatter_plots(tmp_path):
     train(cfg, tmp_path / "run")
     assert (tmp_path / "run" / "samples.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
-    # K_raw: the normalisation's log-Jacobian, D log2(scale) bits per example, taken off
-    assert saved["K_raw"] == pytest.approx(saved["K"] - 3 * math.log2(saved["scale"]))
+    # K_raw: the normalisation's log-Jacobian, sum_d log2(scale_d) bits per example (one scale per column), taken off
+    assert saved["scaling"] == "column" and len(saved["scale"]) == 3
+    assert saved["K_raw"] == pytest.approx(saved["K"] - sum(math.log2(s) for s in saved["scale"]))
+
+
+# ---- scaling real vectors -------------------------------------------------------------------------------------
+def correlated_columns(n: int = 500) -> np.ndarray:
+    """Three correlated columns in units a thousand-fold apart, as real tables have."""
+    z = np.random.default_rng(7).normal(size=(n, 3))
+    return np.stack([1000 * z[:, 0] + 50, 0.5 * z[:, 0] + 0.2 * z[:, 1], 0.01 * (z[:, 1] - z[:, 2])], 1)
+
+
+@pytest.mark.parametrize("scaling", ["column", "global", "whiten"])
+def test_scaling_and_its_log_jacobian_against_autograd(tmp_path, scaling):
+    raw = correlated_columns()
+    np.save(tmp_path / "v.npy", raw)
+    dm = ready(ArrayDataModule(path=str(tmp_path / "v.npy"), scaling=scaling))
+    x = dm.splits["train"].double()
+    cov = torch.cov(x.T, correction=0)
+    if scaling == "column":
+        assert torch.allclose(cov.diagonal(), torch.ones(3, dtype=torch.float64), atol=1e-4)
+    elif scaling == "whiten":
+        assert torch.allclose(cov, torch.eye(3, dtype=torch.float64), atol=1e-4)
+    else:  # the paper's Swiss roll: one scalar, unit variance on average over the coordinates
+        assert cov.diagonal().mean().item() == pytest.approx(1.0, abs=1e-4) and cov[0, 0] > 100 * cov[2, 2]
+    # the map back to the file's values, and |det| of its Jacobian by autograd (independent of the closed form)
+    assert torch.allclose(dm.denormalize(x), dm.load()["train"].double(), rtol=1e-5, atol=1e-3)
+    jac = torch.autograd.functional.jacobian(lambda v: dm.denormalize(v[None])[0], x[0])
+    assert dm.raw_log2_jacobian() == pytest.approx(torch.linalg.slogdet(jac)[1].item() / math.log(2), abs=1e-6)
+    assert dm.eval_info()["scaling"] == scaling
+
+
+def test_a_constant_column_is_refused_by_name(tmp_path):
+    x = correlated_columns()
+    x = np.insert(x, 2, 7.5, axis=1)  # column 2 constant
+    np.save(tmp_path / "c.npy", x)
+    with pytest.raises(ConfigError, match=r"column 2 .*constant.*7\.5"):
+        ready(ArrayDataModule(path=str(tmp_path / "c.npy")))
+    np.save(tmp_path / "d.npy", np.concatenate([x[:, :2], x[:, :1] + x[:, 1:2]], 1))  # the third the sum of two
+    with pytest.raises(ConfigError, match="linearly dependent"):
+        ready(ArrayDataModule(path=str(tmp_path / "d.npy"), scaling="whiten"))
+    assert ready(ArrayDataModule(path=str(tmp_path / "d.npy"))).data_shape == (3,)  # per column: fine
+
+
+def test_a_checkpoint_of_the_one_scale_default_still_reads_as_global(tmp_path):
+    np.save(tmp_path / "v.npy", correlated_columns())
+    dm = ArrayDataModule(path=str(tmp_path / "v.npy"))  # its config, from an earlier version, has no scaling key
+    dm.load_state_dict({"shift": torch.zeros(3), "scale": 2.0})
+    dm.setup()
+    assert dm.eval_info()["scaling"] == "global" and dm.raw_log2_jacobian() == pytest.approx(3.0)
 
 
 FOLDERS = [pytest.param("L", ".png", id="grey png"),
@@ -257,8 +305,11 @@ def true_log2_likelihood(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_gaussian_points_K_raw_is_a_bound_within_a_bit_of_the_truth(tmp_path):
-    """The CPU default (python train.py dataset=array dataset.path=FILE) on 20,000 draws of a 2-D Gaussian."""
+@pytest.mark.timeout(1800)
+def test_gaussian_points_K_raw_is_within_a_tenth_of_a_bit_of_the_truth(tmp_path):
+    """The own-data default (python train.py dataset=array dataset.path=FILE) on 20,000 draws of a 2-D Gaussian:
+    K_raw is within 0.1 bits of the true log-likelihood of the same test points and not above it beyond its noise
+    (scripts/own_data_measure.py measures this and the other sets to a few hundredths)."""
     x = np.random.default_rng(1).multivariate_normal(MEAN, COV, size=20000)
     np.save(tmp_path / "gauss.npy", x)
     out = run("train.py", "dataset=array", f"dataset.path={tmp_path / 'gauss.npy'}", "latest_link=null",
@@ -268,5 +319,6 @@ def test_gaussian_points_K_raw_is_a_bound_within_a_bit_of_the_truth(tmp_path):
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     test = ready(ArrayDataModule(path=str(tmp_path / "gauss.npy")))
     truth = true_log2_likelihood(test.denormalize(test.splits["test"]).double().numpy()).mean()
-    assert saved["n_examples"] == 2000
-    assert truth - 1.0 < saved["K_raw"] < truth, (saved["K_raw"], truth)
+    assert saved["n_examples"] == 2000 and saved["scaling"] == "column"
+    assert truth - 0.1 < saved["K_raw"] < truth + 3 * saved["K_raw_stderr"], (saved["K_raw"], truth)
+    assert saved["K_minus_best_baseline"] > -0.1  # the Gaussian baseline is the truth's form

@@ -72,6 +72,11 @@ def test_table_lists_every_run_with_its_source_and_status(sweep):
     assert "| run | seed | schedule.learned | status |" in md
     assert f"{ev['K']:.3f} ± {ev['K_stderr']:.3f}" in md
     assert "5 runs: 4 complete, 1 incomplete, 0 failed." in md
+    # K beside the best baseline of the same examples (contract 12), and which weights
+    assert rows["0"]["K_minus_best_baseline"] == ev["K_minus_best_baseline"]
+    best = ev["best_baseline"].replace("_", " ")
+    assert f"{ev['K_minus_best_baseline']:.3f} ± {ev['K_minus_best_baseline_stderr']:.3f} ({best})" in md
+    assert f"{ev['weights_chosen']} weights, step {ev['weights_step']}" in md
     with open(result["files"]["csv"], newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["status"] for r in table] == ["complete"] * 4 + ["incomplete"]

@@ -215,3 +215,19 @@ def test_a_sigterm_at_any_step_resumes_to_the_uninterrupted_run(tmp_path, straig
     assert torch.load(first, weights_only=True)["global_step"] == (step + 1 if step == 4 else step)
     train(compose(RESUME_BASE + ["trainer.max_steps=8", f"ckpt_path={first}", "trust=[tests]"]), tmp_path / "resumed")
     _weights_equal(straight_8, tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+
+
+def test_resume_with_importance_sampled_t_reproduces_the_uninterrupted_run(tmp_path):
+    """t_sampling=importance: the sampler's estimates travel in last.ckpt (dpm_t_sampler), so a resumed run draws
+    the t an uninterrupted one would, bit for bit; and they were updated (every t seen)."""
+    importance = RESUME_BASE + ["t_sampling=importance", "T=6"]
+    train(compose(importance + ["trainer.max_steps=8"]), tmp_path / "straight")
+    train(compose(importance + ["trainer.max_steps=3"]), tmp_path / "first")
+    first = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    saved = torch.load(first, weights_only=True)["dpm_t_sampler"]
+    assert saved["seen"].sum().item() == 3 * 64 and (saved["seen"] > 0).all()  # 3 batches of 64, every t drawn
+    train(compose(importance + ["trainer.max_steps=8", f"ckpt_path={first}"]), tmp_path / "resumed")
+    straight, resumed = (tmp_path / d / "checkpoints" / "last.ckpt" for d in ("straight", "resumed"))
+    _weights_equal(straight, resumed)
+    a, b = (torch.load(p, weights_only=True)["dpm_t_sampler"] for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)

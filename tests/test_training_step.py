@@ -9,7 +9,7 @@ from dpm.core.bound import K_per_example, stratified_t, t_of_uniform
 from dpm.core.diffusion import Diffusion
 from dpm.core.gaussian import GaussianDiffusion
 from dpm.core.schedules import Schedule
-from dpm.core.training import K_one_draw, n_draws
+from dpm.core.training import ImportanceT, K_one_draw, n_draws, t_and_weight
 from tests.helpers import random_mlp
 
 
@@ -114,9 +114,61 @@ def test_compiled_training_loss_equals_the_eager_one_and_keeps_plain_keys():
     for fn in (module._train_loss, compiled):
         module.zero_grad(set_to_none=True)
         with module.diffusion.one_pass():
-            loss, K = fn(x0, z)
+            loss, K, *_ = fn(x0, z)
         loss.backward()
         results.append((loss.detach(), K.detach(), [p.grad.clone() for p in module.net.parameters()]))
     (l1, K1, g1), (l2, K2, g2) = results
     assert torch.allclose(l1, l2, rtol=1e-5, atol=1e-6) and torch.allclose(K1, K2, rtol=1e-5, atol=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(g1, g2))
+
+
+def test_importance_sampled_t_is_unbiased_by_enumeration():
+    """E_t~p[w_t KL_t] = sum_t p_t KL_t / p_t = sum_{t=2..T} KL_t for any p: the draw of t_and_weight is exactly p
+    (its inverse cumulative sum on an even grid of uniforms) and w_t is 1 / p_t."""
+    T = 9
+    p = torch.tensor([0.3, 0.2, 0.1, 0.1, 0.1, 0.05, 0.1, 0.05])
+    n = 200000
+    t, w = t_and_weight((torch.arange(n) + 0.5) / n, T, p)
+    assert t.min() >= 2 and t.max() <= T
+    assert torch.allclose(torch.bincount(t, minlength=T + 1)[2:] / n, p, atol=1e-5)
+    kl = torch.rand(T - 1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(w, 1 / p[t - 2]) and (w * kl[t - 2]).mean() == pytest.approx(kl.sum().item(), rel=1e-4)
+    t_uniform, w_uniform = t_and_weight((torch.arange(n) + 0.5) / n, T)
+    assert w_uniform == T - 1 and torch.equal(t_uniform, t_of_uniform((torch.arange(n) + 0.5) / n, T))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "binomial"])
+def test_K_one_draw_with_importance_sampled_t_is_unbiased_for_K(kind):
+    """The same one-draw check as the uniform estimator's, with t ~ a far-from-uniform p."""
+    T, N = 6, 40000
+    if kind == "gaussian":
+        d = GaussianDiffusion(Schedule("sd2015", T=T))
+        x0 = torch.tensor([[0.7, -1.2]]).expand(N, 2).contiguous()
+    else:
+        d = BinomialDiffusion(Schedule("binomial", T=T), p=0.3)
+        x0 = torch.tensor([[1.0, 0.0]]).expand(N, 2).contiguous()
+    net = random_mlp(2, d.n_outputs, T)
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    with torch.no_grad():
+        K, _ = K_one_draw(d, net, x0, torch.randn(N, n_draws(x0, 0.0), generator=g), t_probs=p)
+        exact = K_per_example(d, net, x0, "exact", generator=g)
+    se = (K.var() / N + exact.var() / N).sqrt()
+    assert abs(K.mean() - exact.mean()) < 4 * se
+
+
+def test_the_importance_sampler_follows_the_root_mean_square_of_KL_t():
+    sampler = ImportanceT(T=5, rate=1.0, uniform=0.2, warmup=2)
+    flat = torch.full((4,), 0.25)
+    kl = torch.tensor([4.0, 2.0, 1.0, 1.0])
+    t = torch.tensor([2, 3, 4, 5])
+    sampler.update(t, kl)
+    assert torch.allclose(sampler.probs(), flat)  # uniform until every t was seen `warmup` times
+    sampler.update(t, -kl)  # the square: the sign of a KL estimate does not matter
+    want = 0.8 * kl / kl.sum() + 0.2 * flat
+    assert torch.allclose(sampler.probs(), want) and sampler.probs().sum().item() == pytest.approx(1.0)
+    state = sampler.state()
+    other = ImportanceT(T=5, rate=1.0, uniform=0.2, warmup=2)
+    other.load_state(state)
+    assert torch.equal(other.probs(), sampler.probs())
+    assert "second_moment" not in sampler.state_dict()  # kept out of the weights (checkpoints carry it apart)

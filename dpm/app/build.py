@@ -54,7 +54,8 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
         lr_scheduler=_build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
         units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
         run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize,
-        dequantization_width=dm.dequantization_width, compile=bool(cfg.get("compile")))
+        dequantization_width=dm.dequantization_width, compile=bool(cfg.get("compile")),
+        t_sampling=cfg.get("t_sampling", "uniform"))
     if cfg.get("compile"):
         # in place, for evaluation, validation and sampling (training compiles its whole loss, the module's
         # compile): the network module stays itself, so its state_dict keys stay those of a plain one

@@ -267,7 +267,7 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "lr_scheduler.every": _int(1),
     "lr_scheduler.factor": _real(0, 1, lo_open=True),
     "lr_scheduler.floor": _real(0),
-    "lr_scheduler.total_steps": _int(1),
+    "lr_scheduler.total_steps": _int(1, allow=(None,)),
     "lr_scheduler.warmup_steps": _int(0),
     "trainer.max_steps": _int(1),
     "trainer.val_check_interval": _real(0, lo_open=True, allow=(None,)),
@@ -277,6 +277,10 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
     "trainer.accumulate_grad_batches": _int(1),
     "callbacks.ema.decay": _real(0, 1, hi_open=True),
     "callbacks.figure.every_n_val": _int(0),
+    "callbacks.overfitting.patience": _int(1),
+    "callbacks.early_stop.patience": _int(1),
+    "test_weights": lambda v: None if v in ("best", "last") else "must be best or last",
+    "t_sampling": lambda v: None if v in ("uniform", "importance") else "must be uniform or importance",
     "progress_bar_every": _int(1),
 }
 EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks
@@ -315,6 +319,10 @@ def check_train_config(cfg: DictConfig) -> None:
     check_targets(cfg)
     check_ranges(cfg, TRAIN_RULES)
     check_keys(cfg)
+    scheduler = str(OmegaConf.select(cfg, "lr_scheduler._target_", default=""))
+    if scheduler.endswith("ReduceLROnPlateau") and not OmegaConf.select(cfg, "trainer.check_val_every_n_epoch"):
+        raise ConfigError("lr_scheduler=plateau is stepped after each validation, which must come every few epochs: "
+                          "set trainer.check_val_every_n_epoch=N and trainer.val_check_interval=1.0")
     diffusion = str(OmegaConf.select(cfg, "diffusion._target_", default=""))
     if diffusion.endswith("BinomialDiffusion") and OmegaConf.select(cfg, "schedule.learned", default=False):
         raise ConfigError("schedule.learned=true is refused with binomial diffusion: x_t is a Bernoulli draw with no "

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpm.app.build import restore
 from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
+from dpm.app.reported import CKPT_CHOICES, best_of_run
 from dpm.app.rundir import claimed_for, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import check_slurm_layout, processes_cleaned_up
 from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
@@ -27,6 +28,10 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError(f"split={cfg.split!r} is unknown; valid choices: {list(SPLITS)}")
     if cfg.weights not in WEIGHTS:
         raise ConfigError(f"weights={cfg.weights!r} is unknown; valid choices: {list(WEIGHTS)}")
+    if cfg.get("ckpt_choice", "run") not in CKPT_CHOICES:
+        raise ConfigError(f"ckpt_choice={cfg.ckpt_choice!r} is unknown; valid choices: {list(CKPT_CHOICES)} (run: the "
+                          "weights the run reports, its best validation checkpoint with test_weights=best; given: "
+                          "the file ckpt_path names)")
     check_ranges(cfg, EVAL_RULES)
 
 
@@ -124,11 +129,13 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     fabric = fabric_for_devices(cfg)
     trusted = trusted_packages(cfg)
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, trusted=trusted)
+    ckpt, ckpt_path, chosen = choose_checkpoint(cfg, ckpt, trusted)
     print(data_choices(ckpt["dpm_config"], cfg), flush=True)
     dm, module, weights = restore(ckpt, cfg.weights, trusted)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.weights = weights  # the weights loaded (auto resolved), as the results record them
+        cfg.ckpt_path, cfg.weights_chosen = str(ckpt_path), chosen
     settings = task.check(cfg, dm, module.diffusion)
     rank0 = global_rank_from_env() == 0  # processes Fabric starts later write nothing of their own
     with claimed_for(out_dir, "evaluation", rank0):
@@ -144,6 +151,23 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
             except BaseException:  # SIGTERM, Ctrl-C or an error on rank 0: the processes it started stop too
                 stop_launched(fabric)
                 raise
+
+
+def choose_checkpoint(cfg: DictConfig, ckpt: dict, trusted: tuple[str, ...]) -> tuple[dict, Path, dict]:
+    """(the checkpoint to evaluate, its path, eval.json's fields that say which weights these are): with
+    ckpt_choice=run the weights the run reports (dpm.app.reported.best_of_run: its best validation checkpoint when
+    it was trained with test_weights=best), with ckpt_choice=given the file itself. Says which on one line."""
+    given = Path(cfg.ckpt_path)
+    path, chosen = (best_of_run(ckpt, given) if cfg.get("ckpt_choice", "run") == "run"
+                    else (given, {"weights_chosen": "given", "weights_step": int(ckpt.get("global_step", 0))}))
+    if path != given:
+        ckpt = load_checkpoint(path, trusted=trusted)
+        chosen["weights_step"] = int(ckpt.get("global_step", 0))
+        print(f"weights: the run's best validation checkpoint, step {chosen['weights_step']} (val/K "
+              f"{chosen['weights_val_K']:.3f}): {path} (ckpt_choice=given evaluates {given.name} itself)", flush=True)
+    else:
+        print(f"weights: {path}, step {chosen['weights_step']} ({chosen['weights_chosen']})", flush=True)
+    return ckpt, path, chosen
 
 
 OWN = "own"  # task=own own.module=mypkg.mytask trust=[mypkg] (conf/task/own.yaml)

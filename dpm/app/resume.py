@@ -17,7 +17,8 @@ from dpm.errors import ConfigError
 # change too: the keys the checkpoint's data set names in its `location_keys` (dpm.data.base.DataModule).
 MUTABLE = ("optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "val_n_t", "compile", "tf32", "ckpt_path",
            "out_dir", "progress", "progress_bar_every", "test_at_end", "test_exact_max_T", "test_n_t", "latest_link",
-           "trust", "dataset.batch_size", "dataset.eval_batch_size", "dataset.num_workers")
+           "trust", "dataset.batch_size", "dataset.eval_batch_size", "dataset.num_workers", "test_weights",
+           "t_sampling")
 FIXED_WITHIN_MUTABLE = ("optimizer._target_",)  # another optimizer's state cannot be continued
 FITTED = ("diffusion.p",)  # null means "fitted to the data" (dpm.app.build): the checkpoint holds the fitted value
 

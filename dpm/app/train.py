@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpm.app.build import build
 from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config, resolved
+from dpm.app.reported import load_reported_weights, validation_record
 from dpm.app.requeue import RequeueOnSignal, keep_earlier_metrics
 from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, requeued_run, write_hydra_record
@@ -139,16 +140,20 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
 
 
 def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_dir: Path) -> dict:
-    """The final weights on the test split (exact, or mc with test_n_t draws where T > test_exact_max_T),
-    written to <run>/eval.json through the same code as evaluate.py."""
+    """The weights the run reports (test_weights: the best validation checkpoint, or the last weights; EMA's with
+    callbacks=ema) on the test split (exact, or mc with test_n_t draws where T > test_exact_max_T), written to
+    <run>/eval.json through the same code as evaluate.py, with the record of val/K (dpm.app.reported)."""
     T = module.diffusion.T
     estimator = "exact" if T <= cfg.get("test_exact_max_T", 200) else "mc"
     device = module.device
+    weights = _weights_kind(module)
+    chosen = load_reported_weights(cfg.get("test_weights", "last"), module.trainer, module,
+                                   out_dir / "checkpoints" / "last.ckpt")
     module.eval()
     result = bound_over_split(module, dm, split="test", estimator=estimator, n_t=min(cfg.get("test_n_t", 64), T - 1),
                               batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
                               progress=cfg.get("progress", True))
-    result.update(weights=_weights_kind(module), checkpoint=str(out_dir / "checkpoints" / "last.ckpt"))
+    result.update(weights=weights, **chosen, **validation_record(module.trainer))
     write_bound(result, out_dir)
     return result
 

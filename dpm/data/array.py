@@ -3,7 +3,8 @@
 FILE is .npy, .npz (one array, or arrays named train / val / test), .csv / .txt (numbers, an optional header row)
 or .pt (a tensor, or a dict of train / val / test tensors, read with weights_only=True). Pickled objects are never
 loaded. The shape says what the data are:
-  [N, D] real vectors: Gaussian diffusion; per-coordinate mean removed, one global scalar scale (as the Swiss roll);
+  [N, D] real vectors: Gaussian diffusion; standardised per coordinate (`scaling`: column, the default), by one
+  global scalar (global, the paper's Swiss roll) or whitened (whiten);
   [N, L] of 0 / 1: binary sequences, left as bits (as the heartbeat), so diffusion=binomial applies;
   [N, H, W] or [N, C, H, W]: images; with n_levels, integer levels 0..n_levels-1 (or values k / (n_levels - 1)),
   dequantised over one bin and reported in bits/pixel (nll_bits_per_dim_8bit at 256 levels), as the built-in images.
@@ -24,6 +25,7 @@ from dpm.data.images import ImageDataModule, carve_splits
 from dpm.errors import ConfigError
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt", ".pt")
+SCALINGS = ("column", "global", "whiten")  # how real vectors are scaled to unit variance (vector_scaling)
 SHAPES = "[N, D] vectors, [N, L] 0/1 sequences, [N, H, W] or [N, C, H, W] images"
 
 
@@ -109,13 +111,50 @@ def check_values(path: Path, name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
+def vector_scaling(train: torch.Tensor, scaling: str, where: str) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """(shift [D], S) from the raw training vectors [N, D] (float64 sums), for raw = x S^T + shift, i.e. the model
+    sees x = S^-1 (raw - shift), of unit variance:
+
+      column  S = diag(s), s [D] the per-column standard deviations (returned as the vector s);
+      global  S = s I, s one scalar over all coordinates (the paper's Swiss roll; returned as a float);
+      whiten  S = C^(1/2), C the covariance (symmetric, ZCA: each x_d stays closest to its own column) [D, D].
+
+    log |det S| is what K_raw subtracts (raw_log2_jacobian). A constant column has no density in its own units
+    (the bound would grow without limit), so it is refused, named, in every mode; so are linearly dependent
+    columns under whiten."""
+    x = train.double()
+    shift = x.mean(0)
+    centred = x - shift
+    std = centred.pow(2).mean(0).sqrt()
+    constant = [int(i) for i in torch.nonzero(std == 0).flatten()]
+    if constant:
+        value = float(x[0, constant[0]])
+        raise ConfigError(f"{where}: column {constant[0]} (0-based) is constant on the training split (every value is "
+                          f"{value:g}){f', and so are columns {constant[1:]}' if len(constant) > 1 else ''}: a constant "
+                          "has no density, so no bound on it means anything. Drop the constant columns "
+                          "(x[:, x.std(0) > 0]) and train on the rest")
+    if scaling == "global":
+        return shift, centred.pow(2).mean().sqrt().item()
+    if scaling == "column":
+        return shift, std
+    cov = centred.T @ centred / len(x)
+    eigenvalues, vectors = torch.linalg.eigh(cov)
+    if eigenvalues[0] <= 1e-12 * eigenvalues[-1]:
+        rank = int((eigenvalues > 1e-12 * eigenvalues[-1]).sum())
+        raise ConfigError(f"{where}: the {len(eigenvalues)} columns are linearly dependent on the training split "
+                          f"(their covariance has rank {rank}), so they cannot be whitened: use "
+                          "dataset.scaling=column, or drop the redundant columns")
+    return shift, (vectors * eigenvalues.sqrt()) @ vectors.T
+
+
 class ArrayDataModule(ImageDataModule):
     """Examples from one file (module docstring). Splits given in the file are used; missing ones are disjoint
     fixed-seed parts of the training array (n_val, then n_test, then n_train; null val / test: a tenth each).
 
     n_levels (images only): grey levels per channel of integer-valued images (256 for 8-bit); null: the values are
-    continuous and not dequantised. The image machinery is used only for images; other shapes report in bits
-    (vectors) or bits/seq (0/1 sequences) per example.
+    continuous and not dequantised. scaling (vectors only, SCALINGS): how real vectors are brought to unit variance
+    (vector_scaling); images keep one global mean and scale, 0/1 sequences are not scaled. The image machinery is
+    used only for images; other shapes report in bits (vectors) or bits/seq (0/1 sequences) per example.
     """
 
     name = "array"
@@ -124,7 +163,8 @@ class ArrayDataModule(ImageDataModule):
 
     def __init__(self, path: str | None = None, n_train: int | None = None, n_val: int | None = None,
                  n_test: int | None = None, n_levels: int | None = None, dequantization: str = "bin",
-                 batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0, seed: int = 0) -> None:
+                 scaling: str = "column", batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0,
+                 seed: int = 0) -> None:
         super().__init__(data_dir=".", dequantization=dequantization, batch_size=batch_size,
                          eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.path = require_path(path, f"a file: {', '.join(SUFFIXES)} holding {SHAPES}",
@@ -133,6 +173,11 @@ class ArrayDataModule(ImageDataModule):
             raise ConfigError(f"dataset.n_levels={n_levels} is invalid: give at least 2 levels, or null for "
                               "continuous values")
         self.n_levels = None if n_levels is None else int(n_levels)
+        if scaling not in SCALINGS:
+            raise ConfigError(f"dataset.scaling={scaling!r} is unknown; valid choices: {list(SCALINGS)} (column: each "
+                              "coordinate to unit variance; global: one scalar for all, as the Swiss roll; whiten: "
+                              "decorrelated too)")
+        self.scaling = scaling
         self.counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self.data_kind = ""  # "vectors", "sequence" or "image", from the file (load)
         self.value_scale = 1.0  # file value = value_scale x raw value (n_levels - 1 for integer levels, else 1)
@@ -188,18 +233,38 @@ class ArrayDataModule(ImageDataModule):
     def make_split(self, split: str) -> torch.Tensor:
         return self.load()[split]
 
-    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
+    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         self.load()
         if self.data_kind == "sequence":
             return torch.zeros(()), 1.0  # bits stay bits (binomial diffusion models them)
-        if self.data_kind == "vectors":  # per coordinate mean, one scalar for all (as the Swiss roll)
-            shift = train.double().mean(0)
-            scale = (train.double() - shift).pow(2).mean().sqrt().item()
-            if scale == 0:
-                raise ConfigError(f"dataset.path={self.path}: the training examples are all the same, so they "
-                                  "cannot be scaled to unit variance")
-            return shift.float(), scale
+        if self.data_kind == "vectors":
+            return vector_scaling(train, self.scaling, self.origin)
         return super().fit_normalization(train)
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """x = S^-1 (raw - shift) (vector_scaling); a whitening S is a matrix, the other scalings divide."""
+        if torch.is_tensor(self.scale) and self.scale.dim() == 2:
+            return torch.linalg.solve(self.scale, (raw.double() - self.shift).T).T
+        return super().normalize(raw)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """raw = x S^T + shift, on x's device and in its dtype."""
+        if not torch.is_tensor(self.scale):
+            return super().denormalize(x)
+        scale, shift = self.scale.to(x.device, x.dtype), self.shift.to(x.device, x.dtype)
+        return (x @ scale.T if scale.dim() == 2 else x * scale) + shift
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.load()
+        if self.data_kind == "vectors" and not torch.is_tensor(self.scale):  # a checkpoint of the earlier default
+            self.scaling = "global"
+
+    @property
+    def scaling_used(self) -> str | None:
+        """The scaling of real vectors that the model sees (None for images and sequences)."""
+        self.load()
+        return self.scaling if self.data_kind == "vectors" else None
 
     @property
     def units_per_example(self) -> int:
@@ -222,17 +287,23 @@ class ArrayDataModule(ImageDataModule):
         return 1.0 / (self.n_levels - 1) if self.n_levels else 0.0
 
     def eval_info(self) -> dict:
-        """The file, what it was read as, and the normalisation in the file's units: x = (file - shift) / scale."""
+        """The file, what it was read as, and the normalisation in the file's units: x = S^-1 (file - shift), S a
+        scalar (`scale` a number), diagonal (a list) or a whitening matrix (a list of rows), and `scaling`."""
         shift = (self.shift.double() * self.value_scale).tolist()
-        info = {"path": str(self.path), "data_kind": self.data_kind, "shift": shift,
-                "scale": self.scale * self.value_scale}
+        scale = self.scale.double().tolist() if torch.is_tensor(self.scale) else self.scale * self.value_scale
+        info = {"path": str(self.path), "data_kind": self.data_kind, "shift": shift, "scale": scale}
+        if self.scaling_used is not None:
+            info["scaling"] = self.scaling_used
         if self.data_kind == "image":
             info.update(n_levels=self.n_levels, dequantization=self.dequantization,
                         dequantization_width=self.dequantization_width)
         return info
 
     def raw_log2_jacobian(self) -> float:
-        """x_file = x * scale_file + shift_file elementwise: log2 |det| = D log2(scale_file) per example, per pixel
-        for images (K is per spatial pixel there)."""
+        """x_file = x S^T + shift_file: log2 |det S| per example (vectors: D log2 s for one scalar, sum_d log2 s_d
+        per column, log2 det C^(1/2) whitened), per pixel for images (K is per spatial pixel there)."""
+        if torch.is_tensor(self.scale):
+            scale = self.scale.double()
+            return (torch.linalg.slogdet(scale)[1] if scale.dim() == 2 else scale.log().sum()).item() / math.log(2)
         D = math.prod(self.data_shape)
         return D * math.log2(self.scale * self.value_scale) / self.units_per_example

@@ -1,7 +1,9 @@
-"""The checkpoint callback every run has: last.ckpt kept current (the figures' callbacks are in dpm.figures.callbacks)."""
+"""The callbacks every run has: last.ckpt kept current, and val/K watched for overfitting (the figures' callbacks are
+in dpm.figures.callbacks)."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -9,6 +11,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(L.Callback):
@@ -79,3 +83,73 @@ class LastCheckpoint(L.Callback):
         if trainer.is_global_zero:
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, path)
+
+
+class OverfittingMonitor(L.Callback):
+    """Watches val/K across validations and says so, in the log and in the run's eval.json, when after its best it
+    falls at `patience` validations in a row: the model is fitting its training split better and held-out data
+    worse, i.e. overfitting (until a new best, if one comes). Its record (every validation's step and K) is kept in checkpoints, so a resumed
+    run continues the count.
+
+    summary() -> {val_K_best, val_K_best_step, val_K_last, val_K_last_step, val_K_falls, overfitting} for the
+    test bound at the end (dpm.app.train)."""
+
+    def __init__(self, patience: int = 3, monitor: str = "val/K") -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"callbacks.overfitting.patience={patience!r} is invalid: validations in a row, an "
+                             "integer >= 1")
+        self.patience, self.monitor = patience, monitor
+        self.history: list[tuple[int, float]] = []  # (global step, val/K) of every validation
+        self.warned_at: int | None = None  # the step of the best whose fall was last reported
+
+    def falls(self) -> int:
+        """The longest run of validations, after the best one, each lower than the one before."""
+        if not self.history:
+            return 0
+        values = [k for _, k in self.history]
+        best = values.index(max(values))
+        longest = streak = 0
+        for before, now in zip(values[best:], values[best + 1:]):
+            streak = streak + 1 if now < before else 0
+            longest = max(longest, streak)
+        return longest
+
+    def summary(self) -> dict | None:
+        if not self.history:
+            return None
+        best_step, best = max(self.history, key=lambda sk: sk[1])
+        last_step, last = self.history[-1]
+        falls = self.falls()
+        return {"val_K_best": best, "val_K_best_step": best_step, "val_K_last": last, "val_K_last_step": last_step,
+                "val_K_falls": falls, "overfitting": falls >= self.patience}
+
+    def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or trainer.state.fn != "fit" or value is None:
+            return
+        self.history.append((int(trainer.global_step), float(value)))
+        s = self.summary()
+        if s["overfitting"] and self.warned_at != s["val_K_best_step"] and trainer.is_global_zero:
+            self.warned_at = s["val_K_best_step"]
+            log.warning(overfitting_message(s))
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        s = self.summary()
+        if s is not None and s["overfitting"] and trainer.is_global_zero:
+            log.warning(f"at the end of training: {overfitting_message(s)}")
+
+    def state_dict(self) -> dict:
+        return {"history": [list(h) for h in self.history], "warned_at": self.warned_at}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [(int(s), float(k)) for s, k in state.get("history", [])]
+        self.warned_at = state.get("warned_at")
+
+
+def overfitting_message(s: dict) -> str:
+    """The one sentence that reports overfitting, from OverfittingMonitor.summary()."""
+    return (f"overfitting: after its best, {s['val_K_best']:.3f} at step {s['val_K_best_step']}, val/K fell at "
+            f"{s['val_K_falls']} validations in a row (at step {s['val_K_last_step']}: {s['val_K_last']:.3f}): the "
+            "model fits its training split better and held-out data worse. The test bound at the end uses the best "
+            "validation weights (test_weights=best); callbacks=early_stop stops such a run, and a smaller "
+            "trainer.max_steps or more data helps.")

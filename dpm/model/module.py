@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-
+import functools
 from typing import Any, Callable
 
 import lightning as L
@@ -13,11 +13,14 @@ from torchmetrics import MeanMetric
 from dpm.core.bound import LN2, K_per_example
 from dpm.core.diffusion import Diffusion
 from dpm.core.keyed import Keys, step_generator
-from dpm.core.training import K_one_draw, n_draws
+from dpm.core.training import ImportanceT, n_draws, one_draw_terms
 from dpm.model.optim import patch_optimizer_state
 
 
 _PLAIN_VALUES = (str, int, float, bool, type(None))
+
+
+T_SAMPLING = ("uniform", "importance")
 
 
 class NonFiniteStop(RuntimeError):
@@ -38,6 +41,9 @@ class DiffusionModule(L.LightningModule):
     compile: torch.compile the whole per-example training loss (dequantisation, x_t, network, KL and constant
     terms: dpm.core.training.K_one_draw), not only the network; the network module itself is left as it is, so
     its state_dict keys stay those of a plain one.
+    t_sampling: how training draws each example's t: "uniform" (the paper's estimator) or "importance" (t ~ p_t
+    proportional to the root mean square of KL_t, weighted by 1 / p_t: dpm.core.training.ImportanceT; its estimates
+    travel in checkpoints under "dpm_t_sampler"). Both estimate K without bias.
     """
 
     def __init__(self, net: nn.Module, diffusion: Diffusion, optimizer: Callable[..., torch.optim.Optimizer],
@@ -45,8 +51,10 @@ class DiffusionModule(L.LightningModule):
                  val_n_t: int = 4, val_seed: int = 12345, max_nonfinite: int = 20,
                  run_config: dict | None = None, seed: int = 0,
                  dequantize: Callable[..., torch.Tensor] | None = None, dequantization_width: float = 0.0,
-                 compile: bool = False) -> None:
+                 compile: bool = False, t_sampling: str = "uniform") -> None:
         super().__init__()
+        if t_sampling not in T_SAMPLING:
+            raise ValueError(f"t_sampling={t_sampling!r} is unknown; valid choices: {list(T_SAMPLING)}")
         self.net, self.diffusion = net, diffusion
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.units_per_example, self.unit = units_per_example, unit
@@ -64,6 +72,7 @@ class DiffusionModule(L.LightningModule):
         self._generator: torch.Generator | None = None
         self._nonfinite: list[torch.Tensor] | None = None  # skipped-step counts on the device (fused optimizers)
         self._trained: list[nn.Parameter] | None = None  # the parameters with gradients, listed once
+        self.t_sampler = ImportanceT(diffusion.T) if t_sampling == "importance" else None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning records the hook it is in (_current_fx_name) around every hook call, about 45 times per training
@@ -91,10 +100,13 @@ class DiffusionModule(L.LightningModule):
                           keys=keys)
         return self.to_units(K), self.to_units(self.diffusion.L_null(x0))
 
-    def _train_loss(self, x0: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss -(K - L_null) averaged over the batch in the reporting unit, and K [N] (nats)."""
-        K, L_null = K_one_draw(self.diffusion, self.net, x0, z, self.dequantization_width)
-        return (K - L_null).mean() * -self.to_units_factor, K
+    def _train_loss(self, x0: torch.Tensor, z: torch.Tensor, t_probs: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, ...]:
+        """The training loss -(K - L_null) averaged over the batch in the reporting unit, K [N] (nats), and each
+        example's t [N] and KL_t [N] (for the importance sampler): dpm.core.training, t ~ t_probs where given."""
+        const, kl, t, w, L_null = one_draw_terms(self.diffusion, self.net, x0, z, self.dequantization_width, t_probs)
+        K = const - w * kl
+        return (K - L_null).mean() * -self.to_units_factor, K, t, kl
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x0, _ = batch
@@ -104,8 +116,13 @@ class DiffusionModule(L.LightningModule):
                         device=x0.device, dtype=torch.float64 if x0.dtype == torch.float64 else torch.float32)
         if self.compile_loss and self._compiled_loss is None:
             self._compiled_loss = torch.compile(self._train_loss)
+        t_probs = self.t_sampler.probs() if self.t_sampler is not None else None
         with self.diffusion.one_pass():  # the tables read once, outside a compiled loss
-            loss, K = (self._compiled_loss or self._train_loss)(x0, z)
+            loss, K, t, kl = (self._compiled_loss or self._train_loss)(x0, z, t_probs)
+        if self.t_sampler is not None:  # every process folds in every process's draws: the same p everywhere
+            world = self.trainer.world_size if self._trainer is not None else 1
+            self.t_sampler.update(t, kl, None if world == 1 else
+                                  lambda x: self.trainer.strategy.reduce(x, reduce_op="sum"))
         # Even a non-finite loss goes through backward: under DDP every rank must reach the gradient all-reduce,
         # and the all-reduced non-finite gradients then make every rank skip this step together (below).
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:  # self.log costs more than a small step
@@ -169,17 +186,31 @@ class DiffusionModule(L.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.lr_scheduler_factory is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
+        factory = self.lr_scheduler_factory
+        if getattr(factory, "keywords", {}).get("total_steps", 0) is None:  # a schedule over the run's own length
+            factory = functools.partial(factory, total_steps=max(1, int(self.trainer.estimated_stepping_batches)))
+        scheduler = factory(optimizer)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # stepped after each validation
+            every = self.trainer.check_val_every_n_epoch
+            if not every:
+                raise ValueError("lr_scheduler=plateau is stepped after each validation, so it needs validations "
+                                 "every few epochs: set trainer.check_val_every_n_epoch (and val_check_interval=1.0)")
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/K",
+                                                             "interval": "epoch", "frequency": int(every)}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["dpm_config"] = self.run_config
+        if self.t_sampler is not None:
+            checkpoint["dpm_t_sampler"] = self.t_sampler.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # torch.compile'd networks save their weights under net._orig_mod.*
         checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in checkpoint["state_dict"].items()}
         if self._trainer is None:  # a plain load (evaluate.py), not a resumed fit
             return
+        if self.t_sampler is not None and "dpm_t_sampler" in checkpoint:  # else (a uniform run's) it starts afresh
+            self.t_sampler.load_state(checkpoint["dpm_t_sampler"])
         # The command's optimizer settings win over the saved ones (dpm.app.resume): Lightning restores the
         # optimizer and scheduler states from this dict after this hook.
         patch_optimizer_state(checkpoint, self.run_config.get("optimizer", {}))

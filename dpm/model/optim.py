@@ -18,9 +18,13 @@ def released_lr_decay(optimizer: torch.optim.Optimizer, every: int = 500, factor
         optimizer, partial(_decay, every=every, factor=factor, floor_ratio=min(1.0, floor / base)))
 
 
-def cosine_to_floor(optimizer: torch.optim.Optimizer, total_steps: int, floor: float = 0.01,
+def cosine_to_floor(optimizer: torch.optim.Optimizer, total_steps: int | None = None, floor: float = 0.01,
                     warmup_steps: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay of the lr to `floor` x its start over total_steps."""
+    """Linear warm-up, then cosine decay of the lr to `floor` x its start over total_steps (None: the training
+    run's own length, trainer.max_steps or max_epochs epochs, whichever ends it first; filled in by
+    DiffusionModule.configure_optimizers)."""
+    if total_steps is None:
+        raise ValueError("lr_scheduler.total_steps=null means the run's own length, which only the training run knows")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, partial(_cosine, total=total_steps, floor=floor, warmup=warmup_steps))
 

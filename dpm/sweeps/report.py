@@ -75,6 +75,19 @@ def _pm(mean, se, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None and math.isfinite(se) else "")
 
 
+def _baseline(r: dict) -> str:
+    """K minus the best baseline of the run's eval.json, and which baseline (contract 12)."""
+    cell = _pm(r.get("K_minus_best_baseline"), r.get("K_minus_best_baseline_stderr"))
+    return cell + (f" ({r['best_baseline'].replace('_', ' ')})" if cell != "-" and r.get("best_baseline") else "")
+
+
+def _from(r: dict) -> str:
+    """Where K came from, and which weights (their step) it is of."""
+    chosen = r.get("weights_chosen")
+    return r.get("K_from", "-") + (f"; {chosen} weights, step {r['weights_step']}"
+                                   if chosen and r.get("weights_step") is not None else "")
+
+
 def _time(seconds) -> str:
     return "-" if seconds is None else f"{int(seconds // 60)} min {seconds % 60:02.0f} s"
 
@@ -83,13 +96,13 @@ def markdown(rows: list[dict], keys: list[str]) -> str:
     """The per-run table and the per-group summary, in Markdown."""
     unit = next((r["unit"] for r in rows if r.get("unit")), "")
     head = ["run", *keys, "status", f"K ({unit or 'unit of the data'})", "K - L_null", "truth", "K - truth",
-            "K from", "steps", "time", "note"]
+            "K - best baseline", "K from", "steps", "time", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], *(r["overrides"].get(k, "-") for k in keys), r["status"],
                  _pm(r.get("K"), r.get("K_stderr")), _pm(r.get("K_minus_L_null"), r.get("K_minus_L_null_stderr")),
                  _pm(r.get("true_log_likelihood"), r.get("true_log_likelihood_stderr")),
-                 _pm(r.get("gap_to_truth"), r.get("gap_to_truth_stderr")), r.get("K_from", "-"),
+                 _pm(r.get("gap_to_truth"), r.get("gap_to_truth_stderr")), _baseline(r), _from(r),
                  str(r.get("steps") or "-"), _time(r.get("seconds")), r["note"].replace("|", "/")[:200]]
         lines.append("| " + " | ".join(cells) + " |")
     groups_ = summary(rows, keys)
@@ -110,7 +123,7 @@ def to_csv(rows: list[dict], keys: list[str]) -> str:
     """One line per run: the swept keys, then every number unformatted."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    fields = ["status", *NUMBERS, "unit", "K_from", "steps", "seconds", "note"]
+    fields = ["status", *NUMBERS, "best_baseline", "weights_chosen", "unit", "K_from", "steps", "seconds", "note"]
     writer.writerow(["run", *keys, *fields])
     for r in rows:
         writer.writerow([r["run"], *(r["overrides"].get(k, "") for k in keys),

@@ -21,7 +21,8 @@ from dpm.sweeps.jobs import JOB_FILE
 SKIP_DIRS = {".hydra", ".submitit", "wandb", "checkpoints", "logs", "__pycache__"}
 IGNORED = re.compile(r"(^|\.)(out_dir|dirpath|save_dir|default_root_dir|ckpt_path|data_dir)$")
 NUMBERS = ("K", "K_stderr", "K_minus_L_null", "K_minus_L_null_stderr", "true_log_likelihood",
-           "true_log_likelihood_stderr", "gap_to_truth", "gap_to_truth_stderr")
+           "true_log_likelihood_stderr", "gap_to_truth", "gap_to_truth_stderr", "K_minus_best_baseline",
+           "K_minus_best_baseline_stderr", "weights_step")
 
 
 def _natural(path: Path) -> list:
@@ -122,6 +123,7 @@ def read_run(run: Path, root: Path | None = None) -> dict:
                  "steps": val.get("steps"), "seconds": job.get("seconds"), "note": config_note}
     if result is not None:
         row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""),
+                   best_baseline=result.get("best_baseline"), weights_chosen=result.get("weights_chosen"),
                    K_from=f"{result.get('split')} {result.get('estimator')} ({where})")
     elif math.isfinite(val.get("K", math.nan)):
         row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="",

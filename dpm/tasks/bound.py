@@ -21,6 +21,8 @@ from dpm.core.paper import TABLE1
 from dpm.io.files import write_json
 from dpm.io.progress import Progress, announce, time_per_call
 from dpm.core.truth import truth_fields
+from dpm.tasks.baselines import baseline_fields, baseline_lines
+from dpm.tasks.weights import chosen_fields, weights_lines
 
 
 def check(cfg: DictConfig, dm: DataModule, diffusion) -> dict:
@@ -46,7 +48,7 @@ def run(module: DiffusionModule, dm: DataModule, cfg: DictConfig, out_dir: Path,
                               batch_size=cfg.batch_size, limit=s["limit"], seed=cfg.seed, device=device,
                               progress=cfg.get("progress", True), fabric=fabric)
     result.update(weights=cfg.weights, checkpoint=str(cfg.ckpt_path),
-                  processes=fabric.world_size if fabric is not None else 1)
+                  processes=fabric.world_size if fabric is not None else 1, **chosen_fields(cfg))
     if fabric is not None and fabric.global_rank != 0:
         return result
     return {**result, "eval": str(write_bound(result, out_dir))}
@@ -89,11 +91,22 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
     the examples (no padding, none twice) with batch_size // N per batch, and the per-example values are gathered
     by example index: the draws are keyed by (seed, index), so K is the same for any number of processes and any
     batch size. Every process returns the summary; only rank 0 shows progress."""
+    start = time.perf_counter()
+    table = per_example_bound(module, dm, split=split, estimator=estimator, n_t=n_t, batch_size=batch_size,
+                              limit=limit, seed=seed, device=device, progress=progress, fabric=fabric)
+    return summarize(module, dm, table, split=split, estimator=estimator, n_t=n_t,
+                     seconds=time.perf_counter() - start)
+
+
+def per_example_bound(module: DiffusionModule, dm: DataModule, *, split: str = "test", estimator: str = "exact",
+                      n_t: int = 16, batch_size: int = 1000, limit: int | None = None, seed: int = 0,
+                      device: torch.device | str = "cpu", progress: bool = True, fabric=None) -> torch.Tensor:
+    """The rows [N, 4] that bound_over_split summarises, sorted by example index: index, K, L_null and the truth
+    (NaN where the density is unknown), in the reporting unit."""
     T = module.diffusion.T
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
     n = split_size(dm, split, limit)
     terms = T - 1 if estimator == "exact" else n_t
-    start = time.perf_counter()
     rows = []  # [B, 4] per batch: index, K, L_null, truth (NaN where the density is unknown)
     show = progress and rank == 0
     mine = len(range(rank, n, world))  # this process's examples (ShardBatches)
@@ -116,10 +129,7 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
             mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]), ddof=1)
             bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
     table = torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64, device=device)
-    if fabric is not None:
-        table = gather_by_index(fabric, table, n)
-    return summarize(module, dm, table, split=split, estimator=estimator, n_t=n_t,
-                     seconds=time.perf_counter() - start)
+    return gather_by_index(fabric, table, n) if fabric is not None else table
 
 
 def gather_by_index(fabric, table: torch.Tensor, n: int) -> torch.Tensor:
@@ -169,6 +179,7 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     log2_jacobian = dm.raw_log2_jacobian()
     if log2_jacobian is not None:  # the bound on the data as the user gave them (dpm.data.base.DataModule)
         result.update(K_raw=K_mean - log2_jacobian, K_raw_stderr=K_se)
+    result.update(baseline_fields(dm, split, table[:, 0], K, log2_jacobian))  # the obvious models, same examples
     return result
 
 
@@ -194,4 +205,5 @@ def format_table(r: dict) -> str:
         lines.append(f"{'K (raw data)':<16}{r['K_raw']:>12.3f} ± {r['K_raw_stderr']:<7.3f}{'':>12}   {r['unit']}")
     if "nll_bits_per_dim_8bit" in r:
         lines.append(f"{'NLL 8-bit':<16}{r['nll_bits_per_dim_8bit']:>12.4f}{'':>22}   bits/dim (lower is better)")
+    lines += weights_lines(r) + baseline_lines(r)
     return "\n".join(lines)
