@@ -162,7 +162,8 @@ def test_complete_by_smc_is_seeded(heartbeat, tmp_path):
                           np.load(tmp_path / "b" / "complete.npz")["particles"])
 
 
-def test_smc_progress_shows_the_ess_and_the_resamplings(heartbeat, tmp_path, capsys):
+def test_smc_progress_shows_the_ess_and_the_resamplings(heartbeat, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dpm.io.progress.QUIET_S", 0.0)  # lines from the start, though this work is short
     run_task("complete", heartbeat, tmp_path, "complete.n=10", "complete.particles=3", "progress=true")
     out = capsys.readouterr().out
     assert "complete (SMC): 100%" in out and "ESS=" in out and "resampled=" in out

@@ -119,7 +119,7 @@ class DeadLeavesDataModule(ImageDataModule):
         """uint8 [n, 1, size, size] for one split."""
         rng = np.random.default_rng([self.seed, SPLITS.index(split)])
         n = self.sizes[split]
-        with Progress(n, f"dead leaves {split} split", unit="image", enabled=n >= 1000) as bar:
+        with Progress(n, f"dead leaves {split} split", unit="image") as bar:
             return dead_leaves(n, self.image_size, self.r_min, self.r_max, self.alpha, rng, self.n_levels,
                                on_done=bar.update)[:, None]
 

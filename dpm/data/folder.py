@@ -26,7 +26,6 @@ from dpm.io.progress import Progress
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "La")
 COLOUR_MODES = ("RGB", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
-PROGRESS_FROM = 2000  # images: a progress line while decoding at least this many
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -71,8 +70,7 @@ def decode(path: Path, mode: str, image_size: int | None) -> np.ndarray:
 
 def decode_all(paths: list[Path], mode: str, image_size: int | None, progress: bool = True) -> np.ndarray:
     """uint8 [N, C, H, W] of every file, decoded by a few threads (PIL releases the GIL while decoding)."""
-    shown = progress and len(paths) >= PROGRESS_FROM
-    with Progress(len(paths), "decoding images", unit="image", enabled=shown) as bar, \
+    with Progress(len(paths), "decoding images", unit="image", enabled=progress) as bar, \
             ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = []
         for a in pool.map(lambda p: decode(p, mode, image_size), paths, chunksize=64):

@@ -66,17 +66,15 @@ def split_size(dm: DataModule, split: str, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def estimate_seconds(module: DiffusionModule, x0: torch.Tensor, estimator: str, n_t: int, n: int) -> float:
-    """Seconds the bound over n examples will take, from a timed warm-up of one KL term on the first batch x0
-    [B, *D] (exact: n / B x (T - 1) such calls; mc: n / B calls of B x n_t examples)."""
+def estimate_seconds(module: DiffusionModule, x0: torch.Tensor, keys: Keys, estimator: str, n_t: int, n: int) -> float:
+    """Seconds the bound over n examples will take, from timed calls of one KL term on the first batch x0 [B, *D]
+    with its keyed draws, as the estimators make them: (T - 1) such calls per batch for exact, n_t for mc."""
     diffusion, net = module.diffusion, module.net
     b, T = x0.shape[0], diffusion.T
-    reps = n_t if estimator == "mc" else 1
-    xb = x0.repeat(reps, *([1] * (x0.dim() - 1)))
-    t = torch.full((len(xb),), max(2, T // 2), device=x0.device, dtype=torch.long)
+    t = torch.full((b,), max(2, T // 2), device=x0.device, dtype=torch.long)
     sync = torch.cuda.synchronize if x0.device.type == "cuda" else None
-    per_call = time_per_call(lambda: diffusion.kl_term(net, xb, t), n=2, sync=sync)
-    calls = (T - 1) if estimator == "exact" else 1
+    per_call = time_per_call(lambda: diffusion.kl_term(net, x0, t, keys=keys), n=2, sync=sync)
+    calls = (T - 1) if estimator == "exact" else n_t
     return per_call * calls * n / b
 
 
@@ -106,7 +104,7 @@ def bound_over_split(module: DiffusionModule, dm: DataModule, *, split: str = "t
             keys = Keys(seed, index)  # each example's t, noise and dequantisation: the same in any batch
             x0 = dm.dequantize(x0, keys=keys)
             if not rows and show:
-                seconds = estimate_seconds(module, x0, estimator, n_t, mine)
+                seconds = estimate_seconds(module, x0, keys, estimator, n_t, mine)
                 announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}"
                          + (f", {world} processes" if world > 1 else ""), seconds)
             K, L_null = module.bound(x0, estimator, n_t, on_terms=bar.update, keys=keys)
