@@ -1,6 +1,7 @@
 """train.py and evaluate.py as a user runs them, in subprocesses, with tiny budgets."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,23 @@ def test_wandb_logger_offline(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_wandb_without_credentials_logs_offline_with_a_note(tmp_path):
+    """A real W&B (no mock), on a machine without a W&B login: no API key, and a HOME without ~/.netrc or W&B
+    settings. The run goes offline with one note instead of a traceback after its directory was made."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "NETRC"))}
+    env.update(HOME=str(home), WANDB_API_KEY="", XDG_CONFIG_HOME=str(home / ".config"))
+    out = subprocess.run([sys.executable, "train.py", "logger=wandb", *TINY, f"hydra.run.dir={tmp_path / 'run'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    notes = [line for line in out.stderr.splitlines() if line.startswith("note: W&B has no credentials here")]
+    assert len(notes) == 1 and "Traceback" not in out.stderr
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert "offline: true" in (tmp_path / "run" / "config.yaml").read_text()  # what ran is what is recorded
 
 
 def test_evaluate_of_short_work_shows_no_progress_and_says_where_it_wrote(trained):

@@ -10,12 +10,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpm.app.build import restore
 from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
+from dpm.app.resume import location_keys
 from dpm.app.rundir import claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import processes_cleaned_up
 from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
 from dpm.data.base import SPLITS
 from dpm.errors import ConfigError
 from dpm.tasks import TASKS, Task
+from dpm.tasks.provenance import changed_data_note, checkpoint_record
 
 
 def check_eval_config(cfg: DictConfig) -> None:
@@ -28,6 +30,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     if cfg.weights not in WEIGHTS:
         raise ConfigError(f"weights={cfg.weights!r} is unknown; valid choices: {list(WEIGHTS)}")
     check_ranges(cfg, EVAL_RULES)
+    if cfg.get("dataset") is not None:
+        raise ConfigError("evaluate.py takes the data set and its settings from the checkpoint; dataset.* cannot be "
+                          f"set here. Data that moved: {'=, '.join(LOCATIONS)}= (the data set's own location key)")
 
 
 def eval_device(name: str) -> torch.device:
@@ -69,28 +74,45 @@ def fabric_for_devices(cfg: DictConfig):
     return fabric
 
 
-DATA_CHOICES = ("data_dir", "download", "cache")  # where the data live and whether to fetch or write them
+LOCATIONS = ("data_dir", "path", "folder", "file")  # where a data set's files are (its location_keys)
+FETCHES = ("download", "cache")  # whether evaluate may fetch missing files or write a generated set's cache
 
 
 def data_choices(run_config: dict, cfg: DictConfig) -> str:
-    """Set the checkpoint's dataset node's data_dir, download and cache (in place) from the command line: the
-    checkpoint's data_dir is only a default (evaluate.py data_dir=DIR replaces it), and it never downloads or writes
-    a cache unless the command line asks (download=true, cache=true), whatever the checkpoint says. Returns the
-    line that says what was chosen."""
+    """Set the checkpoint's dataset node's location keys (data_dir, path, folder, file: those its data set names in
+    location_keys), download and cache (in place) from the command line: the checkpoint's locations are only
+    defaults (evaluate.py path=FILE replaces dataset.path, the data having moved), and it never downloads or writes
+    a cache unless the command line asks (download=true, cache=true), whatever the checkpoint says. A key the data
+    set does not take is refused. Returns the line that says what is read."""
     dataset = run_config.get("dataset", {})
+    name = str(dataset.get("_target_", "?")).rsplit(".", 1)[-1]
+    where = [key for key in (k.removeprefix("dataset.") for k in location_keys(run_config))
+             if key in LOCATIONS and key in dataset]
+    given = {key: cfg.get(key) for key in LOCATIONS if cfg.get(key) is not None}
+    asked = {key: True for key in FETCHES if cfg.get(key) and key not in dataset}
+    for key, value in {**given, **asked}.items():
+        if key not in where and key not in FETCHES:
+            reads = (f"its files are set by {', '.join(f'{k}=' for k in where)}" if where
+                     else "it is generated or ships with a package, so no file is read")
+            raise ConfigError(f"{key}={value} does not apply to this checkpoint's data ({name}): {reads}")
+        if key in FETCHES:
+            raise ConfigError(f"{key}=true does not apply to this checkpoint's data ({name}): nothing is downloaded "
+                              "or cached for it")
     parts = []
-    if "data_dir" in dataset:
-        given = cfg.get("data_dir")
-        if given is not None:
-            dataset["data_dir"] = str(given)
-        parts.append(f"data_dir={dataset['data_dir']} ({'given' if given is not None else 'the checkpoint’s; data_dir=DIR to change'})")
-    for key in ("download", "cache"):
+    for key in where:
+        if key in given:
+            dataset[key] = str(given[key])
+        value = dataset[key] if dataset[key] is not None else "null (the copy that ships with its package)"
+        parts.append(f"{key}={value} ({'given' if key in given else f'the checkpoint’s; {key}=... to change'})")
+    for key in FETCHES:
         if key in dataset:
             checkpoint_value, dataset[key] = dataset[key], bool(cfg.get(key, False))
             parts.append(f"{key}={str(dataset[key]).lower()}" + (
                 f" (the checkpoint had {str(checkpoint_value).lower()}; {key}=true to allow)"
                 if bool(checkpoint_value) and not dataset[key] else ""))
-    return f"data: {', '.join(parts)}" if parts else "data: generated or bundled (nothing read from or written to disk)"
+    if not where:
+        return f"data: {name}, generated or shipped with a package (no file of yours is read; nothing is written)"
+    return f"data: {name} read from {', '.join(parts)}"
 
 
 def stop_launched(fabric, wait_s: float = 30.0) -> None:
@@ -123,6 +145,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     ckpt = load_checkpoint(None if OmegaConf.is_missing(cfg, "ckpt_path") else cfg.ckpt_path, trusted=trusted)
     print(data_choices(ckpt["dpm_config"], cfg), flush=True)
     dm, module, weights = restore(ckpt, cfg.weights, trusted)
+    module.origin = checkpoint_record(cfg.ckpt_path, ckpt.get("global_step"), weights)
+    note = changed_data_note(dm)
+    if note:
+        print(note, flush=True)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.weights = weights  # the weights loaded (auto resolved), as the results record them

@@ -7,6 +7,7 @@ applies or refuses each changed setting (dpm.app.resume).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -21,11 +22,13 @@ from dpm.app.resume import check_resume
 from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.app.trust import trusted_packages
+from dpm.app.wandb_offline import offline_without_credentials
 from dpm.data.base import DataModule
 from dpm.errors import Interrupted, RunFailed
 from dpm.io.files import write_text
 from dpm.model.module import DiffusionModule, NonFiniteStop
 from dpm.tasks.bound import bound_over_split, write_bound
+from dpm.tasks.provenance import checkpoint_record
 
 
 def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
@@ -36,6 +39,9 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     with open_dict(cfg):
         cfg.out_dir = str(out_dir)
     check_train_config(cfg)
+    note = offline_without_credentials(cfg)  # before anything is built or written: the config records it
+    if note and global_rank_from_env() == 0:
+        print(note, file=sys.stderr, flush=True)
     ckpt_path = cfg.get("ckpt_path")
     changes, start_step = [], 0
     if ckpt_path is not None:
@@ -120,6 +126,7 @@ def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_di
     estimator = "exact" if T <= cfg.get("test_exact_max_T", 200) else "mc"
     device = module.device
     module.eval()
+    module.origin = checkpoint_record(out_dir / "checkpoints" / "last.ckpt", module.global_step, _weights_kind(module))
     result = bound_over_split(module, dm, split="test", estimator=estimator, n_t=min(cfg.get("test_n_t", 64), T - 1),
                               batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
                               progress=cfg.get("progress", True))

@@ -142,6 +142,9 @@ class ArrayDataModule(ImageDataModule):
     def origin(self) -> str:
         return f"dataset.path={self.path}"
 
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        return [self.path], None
+
     # ---- reading and checking the file ------------------------------------------------------------------
     def load(self) -> dict[str, torch.Tensor]:
         """The raw splits [N, *D] float32, read and checked once."""

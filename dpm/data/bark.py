@@ -74,6 +74,7 @@ class BarkDataModule(ImageDataModule):
     """
 
     name = "bark"
+    data_package = "scikit-image"  # with no folder: its bundled textures
     location_keys = ("folder",)
     n_levels = 256
 
@@ -103,6 +104,12 @@ class BarkDataModule(ImageDataModule):
     @property
     def source(self) -> str:
         return str(self.folder / self.glob) if self.folder else "scikit-image " + ", ".join(DEFAULT_TEXTURES)
+
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        if self.folder is None:
+            return [], None
+        return sorted(p for p in self.folder.glob(self.glob) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), \
+            self.folder
 
     def regions(self) -> dict[str, list[np.ndarray]]:
         """The parts of the source images each split draws its patches from."""

@@ -128,6 +128,9 @@ class FolderDataModule(ImageDataModule):
                                   "images (in train/ val/ test/ subfolders, or all together)")
         return found
 
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        return [p for files in self.split_files().values() for p in files], self.path
+
     def mode(self, files: list[Path], info: list[tuple[str, tuple[int, int]]]) -> str:
         """"L" or "RGB": from `channels`, else what every file is (grey and colour mixed is refused)."""
         for path, (mode, _) in zip(files, info):

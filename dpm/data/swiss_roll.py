@@ -18,6 +18,7 @@ class SwissRollDataModule(DataModule):
     dimension on average (the paper does not say how its roll was made; docs/paper.md §7.1)."""
 
     name = "swiss_roll"
+    data_package = "scikit-learn"  # make_swiss_roll draws the points
     unit = "bits"
     figure_kind = "points2d"
 

@@ -20,6 +20,7 @@ from dpm.model.module import DiffusionModule
 from dpm.core.paper import TABLE1
 from dpm.io.files import write_json
 from dpm.io.progress import Progress, announce, time_per_call
+from dpm.tasks.provenance import provenance
 from dpm.core.truth import truth_fields
 
 
@@ -164,6 +165,7 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     if nll8 is not None:
         result["nll_bits_per_dim_8bit"] = nll8
     result.update(dm.eval_info())
+    result["provenance"] = provenance(module, dm)  # where the number came from (dpm.tasks.provenance)
     log2_jacobian = dm.raw_log2_jacobian()
     if log2_jacobian is not None:  # the bound on the data as the user gave them (dpm.data.base.DataModule)
         result.update(K_raw=K_mean - log2_jacobian, K_raw_stderr=K_se)
