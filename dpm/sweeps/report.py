@@ -42,13 +42,11 @@ def mean_se(values: list[float | None]) -> tuple[float, float]:
 
 
 def groups(rows: list[dict], keys: list[str]) -> dict[tuple, list[dict]]:
-    """Complete runs with a K, grouped by the swept keys other than the seed; one kind of K in every mean: the
-    bounds of the runs' eval.json where any run has one, else (no run tested) the validation estimates."""
-    complete = [r for r in rows if r["status"] == "complete" and r.get("K") is not None]
-    tested = [r for r in complete if r.get("K_source") == "eval.json"]
+    """Complete runs with a K, grouped by the swept keys other than the seed."""
     by: dict[tuple, list[dict]] = {}
-    for row in tested or complete:
-        by.setdefault(tuple(row["overrides"].get(k) for k in keys if k != "seed"), []).append(row)
+    for row in rows:
+        if row["status"] == "complete" and row.get("K") is not None:
+            by.setdefault(tuple(row["overrides"].get(k) for k in keys if k != "seed"), []).append(row)
     return by
 
 

@@ -141,10 +141,10 @@ def read_run(run: Path, root: Path | None = None) -> dict:
                  "steps": val.get("steps"), "seconds": job.get("seconds"),
                  "note": "; ".join(n for n in (config_note, val.get("note", "")) if n)}
     if result is not None:
-        row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""), K_source="eval.json",
+        row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""),
                    K_from=f"{result.get('split')} {result.get('estimator')} ({where})", **provenance_fields(result))
     elif math.isfinite(val.get("K", math.nan)):
-        row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="", K_source="metrics.csv",
+        row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="",
                    K_from="last val/K (mc, metrics.csv)" + (f"; {where}" if where else ""))
     crashed = (run / "checkpoints" / "crash.ckpt").is_file()
     max_steps = (config.get("trainer") or {}).get("max_steps")
@@ -158,7 +158,8 @@ def read_run(run: Path, root: Path | None = None) -> dict:
         row["status"] = "complete"  # a run without a job record (not launched by Hydra) by its steps
     else:
         row["status"] = "incomplete"
-        row["note"] = "running, or stopped without an error" if job.get("status") == "RUNNING" else "no end recorded"
+        end = "running, or stopped without an error" if job.get("status") == "RUNNING" else "no end recorded"
+        row["note"] = "; ".join(n for n in (end, row["note"]) if n)
     return row
 
 
