@@ -139,6 +139,41 @@ def _truncated(p):
     return FolderDataModule, {"path": folder}
 
 
+def header_only_png(path: Path, width: int, height: int) -> None:
+    """A grey PNG whose header claims width x height pixels, with almost no pixel data (what a decompression bomb's
+    header looks like to a reader: PIL decides from the header alone)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def _bomb(p):
+    folder = write_images(p / "bomb", 59, size=(16, 16))
+    header_only_png(folder / "huge.png", 20000, 20000)
+    return FolderDataModule, {"path": folder}
+
+
+def _too_big_to_decode(p):
+    folder = p / "big"
+    folder.mkdir()
+    for i in range(400):  # 400 images of 9000 x 9000 (each under PIL's bomb limit): terabytes once decoded
+        header_only_png(folder / f"im{i:03d}.png", 9000, 9000)
+    return FolderDataModule, {"path": folder}
+
+
+def _fifo(p):
+    import os
+
+    os.mkfifo(p / "pipe.npy")
+    return ArrayDataModule, {"path": p / "pipe.npy"}
+
+
 def _save(name, fn):
     def make(p):
         fn(p / name)
@@ -165,11 +200,24 @@ BAD = [
      r"obj.npy could not be read .*Pickled objects are never loaded"),
     ("string array", _save("str.npy", lambda f: np.save(f, np.array([["a", "b"]] * 9))), r"str.npy holds a <U1 array"),
     ("1-D array", _save("flat.npy", lambda f: np.save(f, np.arange(30.0))), r"flat.npy has shape \(30,\).*reshape"),
-    ("too few examples", _save("few.npy", lambda f: np.save(f, np.ones((5, 2)))), r"few.npy holds 5 training examples"),
+    ("too few examples", _save("few.npy", lambda f: np.save(f, np.arange(10.0).reshape(5, 2))), r"few.npy holds 5 training examples"),
     ("npz without usable keys", _save("k.npz", lambda f: np.savez(f, a=np.ones((9, 2)), b=np.ones((9, 2)))),
      r"k.npz holds the arrays \['a', 'b'\]"),
     (".pt not a tensor", _save("l.pt", lambda f: torch.save([1, 2], f)), r"l.pt holds a list, not a tensor"),
     ("non-numeric csv", _save("bad.csv", lambda f: f.write_text("a,b\n1,2\n3,x\n")), r"bad.csv is not a numeric table"),
+    ("a FIFO", _fifo, r"pipe.npy is not a regular file"),
+    ("text named .npy", _save("t.npy", lambda f: f.write_text("1,2\n3,4\n")),
+     r"t.npy is not a .npy file \(it does not start as a NumPy array file does; its first bytes are b'1,2\\n3,'\)"),
+    ("beyond float32", _save("big.npy", lambda f: np.save(f, np.array([[1.0, 2.0]] * 20 + [[3.0, 1e39]]))),
+     r"big.npy holds 1 values beyond float32's range \(±3.4e\+38; the first, 1e\+39, at index \(20, 1\)\)"),
+    ("uint8 images without n_levels", _save("u8.npy", lambda f: np.save(f, np.full((30, 5, 5), 200, np.uint8))),
+     r"u8.npy holds images of integer values \(uint8, 0..200\) and dataset.n_levels is null: set dataset.n_levels=256"),
+    ("constant ones", _save("ones.npy", lambda f: np.save(f, np.ones((40, 5)))),
+     r"ones.npy: the training examples are all the same \(every value 1\)"),
+    ("decompression bomb", _bomb, r"huge.png \(under dataset.path\) is too large to decode \(Image size \(400000000 "
+                                  r"pixels\) exceeds limit"),
+    ("too large to decode", _too_big_to_decode, r"big: its 400 images of 1x9000x9000 would need about [\d,.]+ GiB of "
+                                                r"memory once decoded, more than the [\d,.]+ GiB available"),
 ]
 
 
@@ -188,7 +236,23 @@ def test_non_binary_values_with_binomial_diffusion_name_the_file(tmp_path):
         build(cfg)
 
 
-SUBPROCESS_BAD = ["NaN and inf", "truncated image", "missing folder"]
+def test_zero_one_sequences_with_gaussian_diffusion_are_refused(tmp_path):
+    np.save(tmp_path / "bits.npy", (np.random.default_rng(0).random((60, 8)) < 0.4).astype(np.uint8))
+    with pytest.raises(ConfigError, match=r"bits.npy: the data are sequences of 0 / 1 values: model them with "
+                                          r"diffusion=binomial schedule=binomial"):
+        build(compose(["dataset=array", f"dataset.path={tmp_path / 'bits.npy'}"]))
+
+
+def test_images_with_an_alpha_channel_are_read_with_a_note(tmp_path, capsys):
+    folder = write_images(tmp_path / "rgba", 12, mode="RGB")
+    Image.fromarray(np.full((8, 8, 4), 99, np.uint8), "RGBA").save(folder / "z.png")
+    dm = ready(FolderDataModule(path=str(folder)))
+    assert dm.data_shape == (3, 8, 8)
+    assert f"note: 1 of the 13 images under dataset.path={folder} have an alpha channel (e.g. {folder / 'z.png'}, " \
+           "mode RGBA); it is dropped (RGB is read)" in capsys.readouterr().err
+
+
+SUBPROCESS_BAD = ["NaN and inf", "truncated image", "missing folder", "decompression bomb", "a FIFO"]
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_BAD)

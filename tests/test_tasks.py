@@ -276,3 +276,29 @@ def test_evaluate_dispatches_the_tasks(tmp_path):
     ev.task = "parzen"
     with pytest.raises(ValueError, match="task=parzen needs image data"):
         evaluate(ev, tmp_path / "eval2")
+
+
+def test_complete_takes_a_users_own_0_1_sequences(tmp_path):
+    """What the data module says its data are (0/1 sequences from an array file) decides, not the class's figure."""
+    from tests.helpers import save_untrained
+
+    np.save(tmp_path / "bits.npy", (np.random.default_rng(0).random((120, 10)) < 0.3).astype(np.uint8))
+    ckpt = save_untrained(tmp_path / "bits.ckpt", ["dataset=array", f"dataset.path={tmp_path / 'bits.npy'}",
+                                                   "diffusion=binomial", "schedule=binomial", "T=6"])
+    ev = compose([f"ckpt_path={ckpt}", "task=complete", "complete.n=5", "complete.k=3", "complete.particles=1",
+                  "progress=false"], config_name="evaluate")
+    result = evaluate(ev, tmp_path / "out")
+    assert result["task"] == "complete" and result["known_bins_exact"] is True and result["n_examples"] == 5
+
+
+def test_parzen_refuses_continuous_images_before_drawing_a_sample(tmp_path):
+    from dpm.errors import ConfigError
+    from tests.helpers import save_untrained
+
+    np.save(tmp_path / "im.npy", np.random.default_rng(0).random((60, 6, 6)))  # no n_levels: continuous values
+    ckpt = save_untrained(tmp_path / "im.ckpt", ["dataset=array", f"dataset.path={tmp_path / 'im.npy'}",
+                                                 "net=conv_mnist", "net.n_hidden_dense_lower=8", "T=6"])
+    ev = compose([f"ckpt_path={ckpt}", "task=parzen", "progress=false"], config_name="evaluate")
+    with pytest.raises((ValueError, ConfigError), match=r"task=parzen needs images on a grid of grey levels"):
+        evaluate(ev, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

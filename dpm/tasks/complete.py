@@ -17,10 +17,10 @@ from dpm.tasks import common
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "complete")
-    if dm.figure_kind != "sequence" or len(dm.data_shape) != 1:
-        raise ValueError(f"task=complete needs sequence data [N, length] (the heartbeat); {dm.name} is "
-                         f"{dm.figure_kind or 'not sequence'} data of shape {tuple(dm.data_shape)} (task=inpaint fills "
-                         "images, task=constrain conditions 2-D points)")
+    if dm.kind != "sequence":  # what the data module says its data are (a user's 0/1 array file too)
+        raise ValueError(f"task=complete needs 0/1 sequence data [N, length] (the heartbeat, or a file of them); "
+                         f"{dm.name} is {dm.kind} data of shape {tuple(dm.data_shape)} (task=inpaint fills images, "
+                         "task=constrain conditions 2-D points)")
     length = dm.data_shape[0]
     k = s.get("k", 5)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= length:

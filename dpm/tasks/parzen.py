@@ -25,6 +25,10 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     if dm.kind != "image":
         raise ValueError(f"task=parzen needs image data (pixel values in [0, 1]); {dm.name} is not "
                          "(use dataset=mnist5k, mnist or digits)")
+    if getattr(dm, "n_levels", None) is None:  # the estimate snaps pixels back onto their grid of levels
+        raise ValueError(f"task=parzen needs images on a grid of grey levels (pixel values k / (n_levels - 1)); "
+                         f"{dm.origin} holds continuous values (dataset.n_levels was null): train with "
+                         "dataset.n_levels=<levels> for integer-valued images")
     n_samples = common.positive_int("parzen.n_samples", s.get("n_samples", 10000))
     n_val = common.positive_int("parzen.n_val", s.get("n_val", 1000))
     n_test = s.get("n_test")
