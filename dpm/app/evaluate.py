@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -15,7 +17,7 @@ from dpm.app.rundir import claim, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import processes_cleaned_up
 from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
 from dpm.data.base import SPLITS
-from dpm.errors import ConfigError
+from dpm.errors import ConfigError, RunFailed, is_out_of_memory
 from dpm.tasks import TASKS, Task
 from dpm.tasks.provenance import changed_data_note, checkpoint_record
 
@@ -162,12 +164,30 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
         with processes_cleaned_up():
             fabric.launch()
             try:
-                return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
-                                fabric=fabric)
+                with memory_named(cfg, settings):
+                    return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
+                                    fabric=fabric)
             except BaseException:  # SIGTERM, Ctrl-C or an error on rank 0: the processes it started stop too
                 stop_launched(fabric)
                 raise
-    return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
+    with memory_named(cfg, settings):
+        return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
+
+
+@contextmanager
+def memory_named(cfg: DictConfig, settings: dict) -> Iterator[None]:
+    """Memory that runs out inside a task becomes one message (exit 1) naming the task and the settings that size
+    its memory, instead of a traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        sizes = [f"batch_size={cfg.batch_size}"] + [f"{cfg.task}.{k}={v}" for k, v in settings.items()
+                                                    if k in ("particles", "n", "n_samples")]
+        raise RunFailed(f"task={cfg.task} ran out of memory ({type(err).__name__}: {first}); lower what sizes it: "
+                        f"{', '.join(sizes)}") from None
 
 
 OWN = "own"  # task=own own.module=mypkg.mytask trust=[mypkg] (conf/task/own.yaml)

@@ -24,8 +24,9 @@ from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up,
 from dpm.app.trust import trusted_packages
 from dpm.app.wandb_offline import offline_without_credentials
 from dpm.data.base import DataModule
-from dpm.errors import Interrupted, RunFailed
+from dpm.errors import Interrupted, RunFailed, is_out_of_memory
 from dpm.io.files import write_text
+from dpm.io.progress import StopRequested
 from dpm.model.module import DiffusionModule, NonFiniteStop
 from dpm.tasks.bound import bound_over_split, write_bound
 from dpm.tasks.provenance import checkpoint_record
@@ -85,8 +86,10 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     ckpt_path = cfg.get("ckpt_path")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
+    except (SIGTERMException, StopRequested):  # between steps, or in a long loop (a figure) outside them
         raise Interrupted(143, _stopped_message("SIGTERM", out_dir, trainer)) from None
+    except MemoryError as err:
+        raise RunFailed(_out_of_memory(err, "training", cfg, out_dir, trainer)) from None
     except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
         if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
             raise Interrupted(130, _stopped_message("SIGINT", out_dir, trainer)) from None
@@ -94,6 +97,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     except NonFiniteStop as err:
         raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
     except RuntimeError as err:  # on another rank (DDP): rank 0 ended (a SIGTERM, an error) mid-collective
+        if is_out_of_memory(err):
+            raise RunFailed(_out_of_memory(err, "training", cfg, out_dir, trainer)) from None
         if trainer.is_global_zero or trainer.world_size == 1:
             raise
         why = f"rank 0 ended in the middle of a step ({str(err).strip().splitlines()[0][:160]})"
@@ -109,7 +114,17 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     paths = {"run_dir": str(out_dir), "checkpoint": str(out_dir / "checkpoints" / "last.ckpt")}
     if cfg.get("test_at_end", True) and trainer.is_global_zero:
-        result = test_at_end(cfg, module, dm, out_dir)
+        try:
+            result = test_at_end(cfg, module, dm, out_dir)
+        except StopRequested:
+            last = out_dir / "checkpoints" / "last.ckpt"
+            raise Interrupted(143, f"stopped by SIGTERM during the test bound after training; {last} holds the "
+                                   f"final step {trainer.global_step}: python evaluate.py ckpt_path={last} gives "
+                                   "the bound") from None
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise RunFailed(_out_of_memory(err, "the test bound after training", cfg, out_dir, trainer)) from None
         metrics.update({"test/K": result["K"], "test/K_stderr": result["K_stderr"]})
         for logger in trainer.loggers:
             logger.log_metrics({"test/K": result["K"], "test/K_minus_L_null": result["K_minus_L_null"]},
@@ -139,6 +154,15 @@ def _weights_kind(module: DiffusionModule) -> str:
     trainer = module._trainer
     uses_ema = trainer is not None and any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
     return "ema" if uses_ema else "raw"
+
+
+def _out_of_memory(err: BaseException, during: str, cfg: DictConfig, out_dir: Path, trainer: L.Trainer) -> str:
+    """The one-paragraph message for memory that ran out: where, what asked for it, what to lower."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    lower = ("a smaller dataset.eval_batch_size (the examples per batch of the bound)" if "bound" in during else
+             "a smaller dataset.batch_size or a smaller network (net.*)")
+    return (f"out of memory in {during} at step {trainer.global_step} ({type(err).__name__}: {first}). Try {lower}; "
+            f"{_last_checkpoint_note(out_dir)}")
 
 
 def _last_checkpoint_note(out_dir: Path) -> str:

@@ -67,19 +67,21 @@ def announce(what: str, seconds: float, enabled: bool = True, file: TextIO | Non
         print(f"{what}, about {format_duration(seconds)}", file=file or sys.stdout, flush=True)
 
 
-def time_per_call(fn: Callable[[], object], n: int = 3, sync: Callable[[], None] | None = None) -> float:
-    """Seconds per call of fn, from n timed calls after one untimed warm-up call (allocation, kernel choice,
-    caches); the median, so a stray slow call does not skew the estimate. sync waits for the device (CUDA)."""
+def time_per_call(fn: Callable[[], object], n: int = 2, sync: Callable[[], None] | None = None,
+                  min_seconds: float = 0.5, max_calls: int = 50) -> float:
+    """Seconds per call of fn: the mean over at least n timed calls, and more (up to max_calls) until min_seconds
+    have passed, after one untimed warm-up call (allocation, kernel choice, caches). A mean over a stretch of time,
+    not one call, so that the stalls of a shared machine count as they will in the work itself. sync waits for
+    the device (CUDA)."""
     sync = sync or (lambda: None)
     fn()
     sync()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
+    calls, start = 0, time.perf_counter()
+    while calls < n or (calls < max_calls and time.perf_counter() - start < min_seconds):
         fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        calls += 1
+    return (time.perf_counter() - start) / calls
 
 
 class Progress:

@@ -74,7 +74,7 @@ def estimate_seconds(module: DiffusionModule, x0: torch.Tensor, keys: Keys, esti
     b, T = x0.shape[0], diffusion.T
     t = torch.full((b,), max(2, T // 2), device=x0.device, dtype=torch.long)
     sync = torch.cuda.synchronize if x0.device.type == "cuda" else None
-    per_call = time_per_call(lambda: diffusion.kl_term(net, x0, t, keys=keys), n=2, sync=sync)
+    per_call = time_per_call(lambda: diffusion.kl_term(net, x0, t, keys=keys), sync=sync)
     calls = (T - 1) if estimator == "exact" else n_t
     return per_call * calls * n / b
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.io.files import write_atomic, write_json
+from dpm.io.memory import available_bytes
 from dpm.core.posterior import R_OVER_T, DeltaR, perturbation
 from dpm.io.progress import Progress
 from dpm.core.smc import RESAMPLE_BELOW, smc_sample
@@ -75,7 +75,7 @@ def check_smc_memory(cfg: DictConfig, task: str, n: int, data_shape: tuple[int, 
         index = int(device.split(":")[1]) if ":" in device else 0
         have, where = torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
     else:
-        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+        have, where = available_bytes(), "the memory available here"
     if need > have:
         raise ValueError(f"{task}.particles={particles} with {task}.n={n} would need about {need / 2**30:,.1f} GiB "
                          f"({SMC_COPIES} arrays of {n} x {particles} x {math.prod(data_shape)} float32), more than "
