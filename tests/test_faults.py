@@ -340,3 +340,21 @@ def test_interrupted_evaluation_writes_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped by SIGINT before it wrote its results" in err, err[-2000:]
     assert not (tmp_path / "eval").exists()  # nothing left: the same directory can be used again
+
+
+def test_sigterm_stops_a_long_figure_within_seconds(tmp_path):
+    """T = 200,000: the validation figure samples 2,000 points through 200,000 steps (minutes). It shows its
+    progress, and SIGTERM stops it within seconds (exit 143, last.ckpt written), not once the figure is drawn."""
+    args = [a for a in TINY if not a.startswith(("T=", "progress"))] + ["T=200000", "progress=true", "test_at_end=false"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    while line and not line.startswith("sampling:"):  # the figure's progress, once it has run a few seconds
+        line = proc.stdout.readline()
+    assert line.startswith("sampling:") and "/200k" in line, line
+    start = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - start < 15, time.monotonic() - start
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err, err[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

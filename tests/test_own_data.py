@@ -292,6 +292,28 @@ def test_vectors_of_three_coordinates_draw_pairwise_scatter_plots(tmp_path):
     assert saved["K_raw"] == pytest.approx(saved["K"] - 3 * math.log2(saved["scale"]))
 
 
+def test_pairwise_figure_is_in_the_datas_own_units_with_shared_axes(tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+
+    from dpm.figures.pairs import pairs
+
+    x = np.random.default_rng(0).normal([100.0, -50.0, 3.0], [5.0, 1.0, 0.1], size=(200, 3))
+    np.save(tmp_path / "v.npy", x)
+    dm, module = build(compose(["dataset=array", f"dataset.path={tmp_path / 'v.npy'}", "T=6", "progress=false"]))
+    figures = []
+    module_of_pairs = sys.modules[pairs.__module__]  # the package re-exports the function under the module's name
+    monkeypatch.setattr(module_of_pairs, "save", lambda fig, path: figures.append(fig) or path)
+    pairs(module.eval(), dm, tmp_path / "p.png")
+    axes = np.array(figures[0].axes).reshape(3, 3)
+    data = next(c for c in axes[1, 0].collections if isinstance(c, PathCollection)).get_offsets()
+    nearest = np.abs(np.asarray(data)[:, None, :] - x[None, :, :2]).max(2).min(1)  # to the closest row of the file
+    assert len(data) == 20 and nearest.max() < 1e-3  # the file's values (to float32), not normalised ones
+    for j in range(3):  # a column shares its x range, a row (off the diagonal) its y range
+        assert len({axes[i, j].get_xlim() for i in range(3)}) == 1
+        assert len({axes[j, i].get_ylim() for i in range(3) if i != j}) == 1
+    assert axes[0, 0].get_xlim()[0] < 100 < axes[0, 0].get_xlim()[1] and axes[1, 1].get_xlim()[1] < 0
+
+
 FOLDERS = [pytest.param("L", ".png", id="grey png"),
            pytest.param("RGB", ".png", id="rgb png", marks=pytest.mark.slow),
            pytest.param("RGB", ".jpg", id="jpeg", marks=pytest.mark.slow)]
@@ -311,6 +333,9 @@ def test_an_image_folder_trains_and_evaluates_end_to_end(tmp_path, mode, suffix)
               f"hydra.run.dir={tmp_path / 'inpaint'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "inpaint" / "inpaint.png").is_file()
+    wrote = [line for line in out.stdout.splitlines() if "wrote" in line]
+    for name in ("inpaint.json", "inpaint.png", "inpaint.npz"):  # each file named once, in the last lines
+        assert sum(name in line for line in wrote) == 1, wrote
 
 
 def true_log2_likelihood(x: np.ndarray) -> np.ndarray:

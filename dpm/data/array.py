@@ -22,6 +22,7 @@ import torch
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, carve_splits
 from dpm.errors import ConfigError
+from dpm.ranges import count
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt", ".pt")
 SHAPES = "[N, D] vectors, [N, L] 0/1 sequences, [N, H, W] or [N, C, H, W] images"
@@ -146,10 +147,7 @@ class ArrayDataModule(ImageDataModule):
                          eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.path = require_path(path, f"a file: {', '.join(SUFFIXES)} holding {SHAPES}",
                                  "python train.py dataset=array dataset.path=FILE (.npy, .npz, .csv, .txt or .pt)")
-        if n_levels is not None and int(n_levels) < 2:
-            raise ConfigError(f"dataset.n_levels={n_levels} is invalid: give at least 2 levels, or null for "
-                              "continuous values")
-        self.n_levels = None if n_levels is None else int(n_levels)
+        self.n_levels = count("dataset.n_levels", n_levels, 2, allow=(None,), why=" (null: continuous values)")
         self.counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self.data_kind = ""  # "vectors", "sequence" or "image", from the file (load)
         self.value_scale = 1.0  # file value = value_scale x raw value (n_levels - 1 for integer levels, else 1)

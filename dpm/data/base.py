@@ -15,16 +15,9 @@ from dpm.data.loaders import BatchTensorDataset, EpochBatches, ResumableLoader, 
 from dpm.core.keyed import Keys
 from dpm.errors import ConfigError
 from dpm.io.files import content_sha256
+from dpm.ranges import count
 
 SPLITS = ("train", "val", "test")
-
-
-def count(key: str, value: object, least: int, why: str = "") -> int:
-    """value as an int >= least, else a ValueError naming dataset.<key>: the one check of a data set's counts
-    (the config's dataset node is checked here, by the constructor that owns it)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"dataset.{key}={value!r} is invalid: it must be an integer >= {least}{why}")
-    return value
 
 
 def package_version(name: str) -> str:
@@ -51,9 +44,9 @@ class DataModule(L.LightningDataModule):
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1000, num_workers: int = 0,
                  seed: int = 0) -> None:
         super().__init__()
-        self.batch_size = count("batch_size", batch_size, 1)
-        self.eval_batch_size = count("eval_batch_size", eval_batch_size, 1)
-        self.num_workers, self.seed = count("num_workers", num_workers, 0), count("seed", seed, 0)
+        self.batch_size = count("dataset.batch_size", batch_size, 1)
+        self.eval_batch_size = count("dataset.eval_batch_size", eval_batch_size, 1)
+        self.num_workers, self.seed = count("dataset.num_workers", num_workers, 0), count("dataset.seed", seed, 0)
         self.splits: dict[str, torch.Tensor] = {}
         self.device_splits: dict[str, torch.Tensor] = {}  # training data kept on the GPU (_to_training_device)
         self.shift: torch.Tensor | None = None  # x <- (x - shift) / scale, fitted on the training split
@@ -81,7 +74,7 @@ class DataModule(L.LightningDataModule):
     @staticmethod
     def check_sizes(**sizes: int) -> dict[str, int]:
         """{"train": n_train, ...} from the split sizes a config gives as n_train=..., each at least 2."""
-        return {key.removeprefix("n_"): count(key, value, 2, " (a split needs at least 2 examples)")
+        return {key.removeprefix("n_"): count(f"dataset.{key}", value, 2, why=" (a split needs at least 2 examples)")
                 for key, value in sizes.items()}
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:

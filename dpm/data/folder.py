@@ -25,6 +25,7 @@ from dpm.data.images import ImageDataModule, carve_splits
 from dpm.errors import ConfigError
 from dpm.io.memory import available_bytes
 from dpm.io.progress import Progress
+from dpm.ranges import count
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "La")
@@ -126,11 +127,8 @@ class FolderDataModule(ImageDataModule):
                               "file use dataset=array)")
         if channels not in (None, 1, 3):
             raise ConfigError(f"dataset.channels={channels} is invalid: 1 (grey), 3 (RGB) or null (as the files are)")
-        if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
-            raise ConfigError(f"dataset.image_size={image_size} is invalid: a positive integer, or null for the "
-                              "files' own size")
         self.channels = channels
-        self.image_size = None if image_size is None else int(image_size)
+        self.image_size = count("dataset.image_size", image_size, 1, allow=(None,), why=" (null: the files' own size)")
         self.counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self._raw: dict[str, torch.Tensor] | None = None
 

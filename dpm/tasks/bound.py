@@ -20,6 +20,7 @@ from dpm.model.module import DiffusionModule
 from dpm.core.paper import TABLE1
 from dpm.io.files import write_json
 from dpm.io.progress import Progress, announce, time_per_call
+from dpm.ranges import count
 from dpm.tasks.provenance import provenance
 from dpm.core.truth import truth_fields
 
@@ -31,11 +32,9 @@ def check(cfg: DictConfig, dm: DataModule, diffusion) -> dict:
     if estimator not in ESTIMATORS:
         raise ConfigError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     T = diffusion.T
-    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1 or (estimator == "mc" and n_t > T - 1):
-        raise ConfigError(f"n_t={n_t!r} is invalid: the draws of t per example for estimator=mc, an integer "
-                          f"between 1 and T - 1 = {T - 1}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit={limit!r} is invalid: a positive number of examples, or null for the whole split")
+    n_t = count("n_t", n_t, 1, T - 1 if estimator == "mc" else None,
+                why=f" (the draws of t per example for estimator=mc; T - 1 = {T - 1})")
+    limit = count("limit", limit, 1, allow=(None,), why=" (examples; null: the whole split)")
     return {"estimator": estimator, "n_t": n_t, "limit": limit}
 
 
