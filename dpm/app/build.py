@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpm.app.checkpoint import WEIGHTS
-from dpm.app.checks import _locate, check_keys, check_train_config
+from dpm.app.checks import _locate, check_keys, check_train_config, resolved
 from dpm.app.contracts import check_datamodule_class, check_net, check_net_class, check_splits
 from dpm.app.trust import TRUST_KEY
 from dpm.data.base import DataModule
@@ -23,8 +23,10 @@ from dpm.model.module import DiffusionModule
 
 
 def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataModule, DiffusionModule]:
-    """The data module (set up) and the LightningModule a config describes."""
+    """The data module (set up) and the LightningModule a config describes (instantiated from its resolved copy, the
+    one check_train_config checks)."""
     check_train_config(cfg)
+    cfg = resolved(cfg)
     dm: DataModule = _build("dataset", cfg.dataset)
     check_datamodule_class(dm)
     if datamodule_state is not None:

@@ -15,7 +15,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from dpm.app.checks import check_targets
+from dpm.app.checks import check_data_only, check_targets
 from dpm.errors import ConfigError
 from dpm.io.files import remove_stale_temps, write_atomic
 
@@ -65,6 +65,7 @@ def load_checkpoint(path: str | Path | None, key: str = "ckpt_path", trusted: tu
                           "Only files written by train.py load, and they load as data (weights_only=True).") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("dpm_config"), dict) or "state_dict" not in ckpt:
         raise ConfigError(f"{key}={path} is not a dpm checkpoint (no dpm_config / state_dict in it)")
+    check_data_only(ckpt["dpm_config"], f"{key}={path}")
     _check_structure(ckpt, f"{key}={path}")
     ckpt["dpm_config"] = renamed_targets(ckpt["dpm_config"])
     try:

@@ -51,31 +51,40 @@ def _locate(path: str) -> Any:
     raise ImportError(path)
 
 
-def check_targets(cfg: DictConfig | dict, source: str = "the config", trusted: tuple[str, ...] | None = None
-                  ) -> None:
-    """Refuse any `_target_` outside ALLOWED_TARGETS before anything is instantiated.
+def check_targets(cfg: DictConfig | dict, source: str = "the config", trusted: tuple[str, ...] | None = None,
+                  allowed: dict[str, tuple[tuple[str, ...], str]] | None = None,
+                  functions: tuple[str, ...] = ALLOWED_FUNCTIONS, checkpoint: bool | None = None) -> None:
+    """Refuse any `_target_` outside the allow-list (ALLOWED_TARGETS unless `allowed` is given) before anything is
+    instantiated.
 
     Every `_target_` anywhere in cfg must sit at one of the known nodes (dataset, net, ..., callbacks.<name>,
     logger.<name>), start with that node's allowed prefixes or lie in a trusted package (dpm.app.trust), and name
-    a subclass of its base (or one of ALLOWED_FUNCTIONS). Nothing outside those packages is imported. `trusted`:
-    the packages the command trusts (for a checkpoint's config); None takes cfg's own `trust`.
+    a subclass of its base (or one of `functions`). Nothing outside those packages is imported. Hydra's other
+    special keys are refused (SPECIAL_KEYS). `trusted`: the packages the command trusts (for a checkpoint's
+    config); None takes cfg's own `trust`. cfg must be resolved (`resolved`): an interpolation is a string here.
+    `checkpoint`: whether cfg comes from a checkpoint (the refusal's advice differs); None: when `trusted` is given.
     """
+    allowed = ALLOWED_TARGETS if allowed is None else allowed
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
-    from_checkpoint = trusted is not None
+    from_checkpoint = trusted is not None if checkpoint is None else checkpoint
     trusted = trusted_packages(cfg) if trusted is None else trusted
     allowed_paths = {}
-    for node, rule in ALLOWED_TARGETS.items():
+    for node, rule in allowed.items():
         sub = cfg.get(node) if isinstance(cfg, DictConfig) else None
         if node in COLLECTIONS:
             for name in (sub or {}):
                 allowed_paths[f"{node}.{name}"] = rule
         else:
             allowed_paths[node] = rule
-    for key, target in _find_targets(cfg):
+    for key, special, value in _find_special(cfg):
+        if special != "_target_":
+            _check_special(key, special, value, source)
+            continue
+        target = value
         rule = allowed_paths.get(key)
         where = f"{key}._target_={target!r} in {source}"
         if rule is None:
-            raise ConfigError(f"{where} is refused: only the nodes {sorted(ALLOWED_TARGETS)} may name a _target_.")
+            raise ConfigError(f"{where} is refused: only the nodes {sorted(allowed)} may name a _target_.")
         prefixes, base_path = rule
         if not isinstance(target, str) or not (target.startswith(prefixes) or is_trusted(target, trusted)):
             raise ConfigError(f"{where} is refused: {key} may only name classes under {list(prefixes)} or in a "
@@ -85,14 +94,34 @@ def check_targets(cfg: DictConfig | dict, source: str = "the config", trusted: t
         except (ImportError, AttributeError) as err:
             raise ConfigError(f"{where} does not exist ({type(err).__name__}: {err}).") from None
         base = _locate(base_path)
-        ok = (inspect.isclass(obj) and issubclass(obj, base)) or (target in ALLOWED_FUNCTIONS and callable(obj))
+        ok = (inspect.isclass(obj) and issubclass(obj, base)) or (target in functions and callable(obj))
         if not ok:
             raise ConfigError(f"{where} is refused: it is not a {base_path.rsplit('.', 1)[-1]} subclass.")
 
 
-def _find_targets(node: Any, key: str = "") -> list[tuple[str, Any]]:
-    """(dotted key of the node, its _target_) for every node holding a `_target_`, at any depth."""
+# Hydra's instantiate reads these keys besides `_target_`. dpm's configs use `_partial_: true` only where a
+# constructor is finished later with what only the model knows (the optimizer's parameters, the schedule's
+# optimizer); positional `_args_`, `_recursive_` and `_convert_` are never needed and are refused.
+PARTIAL_NODES = ("optimizer", "lr_scheduler")
+SPECIAL_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def _check_special(key: str, special: str, value: Any, source: str) -> None:
+    where = f"{key + '.' if key else ''}{special}={value!r} in {source}"
+    if special == "_partial_":
+        if key not in PARTIAL_NODES or not isinstance(value, bool):
+            raise ConfigError(f"{where} is refused: only {list(PARTIAL_NODES)} are partial constructors "
+                              "(_partial_: true), and nothing else may be.")
+        return
+    raise ConfigError(f"{where} is refused: dpm's configs name a class with `_target_` and its keyword "
+                      f"arguments only ({special} is never needed).")
+
+
+def _find_special(node: Any, key: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key of the node, special key, its value) for every Hydra special key (SPECIAL_KEYS), at any depth."""
     found = []
+    if isinstance(node, (DictConfig, ListConfig)) and (node._is_none() or node._is_missing()):
+        return found
     if isinstance(node, DictConfig):
         items = node.items_ex(resolve=False)
     elif isinstance(node, ListConfig):
@@ -100,11 +129,46 @@ def _find_targets(node: Any, key: str = "") -> list[tuple[str, Any]]:
     else:
         return found
     for k, v in items:
-        if k == "_target_":
-            found.append((key, v))
+        if k in SPECIAL_KEYS:
+            found.append((key, k, v))
         elif isinstance(v, (DictConfig, ListConfig)):
-            found.extend(_find_targets(v, f"{key}.{k}" if key else str(k)))
+            found.extend(_find_special(v, f"{key}.{k}" if key else str(k)))
     return found
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """cfg with every interpolation resolved, as a plain config (its `hydra` node, if any, left out): what is checked
+    is then exactly what is instantiated. Resolving runs only the resolvers OmegaConf, Hydra and dpm register, none of
+    which imports or calls anything a config names; a value that resolves to a node with a `_target_` (oc.create,
+    oc.decode) is then an ordinary node that check_targets refuses."""
+    if "hydra" in cfg:
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # OmegaConf raises several types for a value that cannot be resolved
+        raise ConfigError(f"the config cannot be resolved: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    out = OmegaConf.create(plain)
+    OmegaConf.set_struct(out, OmegaConf.is_struct(cfg))
+    return out
+
+
+def check_data_only(config: Any, source: str, key: str = "") -> None:
+    """A checkpoint's config is data: train.py saves it resolved, so an interpolation anywhere in it (a string with
+    `${`: oc.create, oc.decode, a custom resolver, at any depth) can only be an attempt to have it resolved into
+    something that runs. Refused before anything reads it."""
+    if isinstance(config, dict):
+        for k, v in config.items():
+            if not isinstance(k, str) or "${" in k:
+                raise ConfigError(f"{source} is refused: its config has the key {k!r} at {key or 'the top'}, which "
+                                  "no config written by train.py has. Nothing from it was built.")
+            check_data_only(v, source, f"{key}.{k}" if key else k)
+    elif isinstance(config, (list, tuple)):
+        for i, v in enumerate(config):
+            check_data_only(v, source, f"{key}.{i}")
+    elif isinstance(config, str) and "${" in config:
+        raise ConfigError(f"{source} is refused: its config holds an interpolation at {key} ({config[:80]!r}); "
+                          "train.py saves every value resolved, so a checkpoint never needs one. Nothing from it "
+                          "was built.")
 
 
 # ---- which keys each constructor takes ---------------------------------------------------------------------------
@@ -244,7 +308,9 @@ def check_ranges(cfg: DictConfig, rules: dict[str, Callable[[Any], str | None]])
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Everything train.py can check before building: targets, keys, numeric ranges, known-bad combinations."""
+    """Everything train.py can check before building: targets, keys, numeric ranges, known-bad combinations; on the
+    resolved config, which is what build() instantiates."""
+    cfg = resolved(cfg)
     check_targets(cfg)
     check_ranges(cfg, TRAIN_RULES)
     check_keys(cfg)

@@ -20,11 +20,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from dpm.app.compose import config_dir
+from dpm.app.hydra_guard import install as guard_hydra
 from dpm.app.lines import quiet_library_noise
-from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, release, uncreatable, update_link
+from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, note_start, release, uncreatable, update_link
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 _entered = False  # set once Hydra has called the task function (main below)
+# Every config Hydra composes in a process running dpm's commands is checked as it is loaded (dpm.app.hydra_guard):
+# from here, so that a job process of a launcher (which unpickles the task function, importing this module) is
+# guarded before it composes its own job's config.
+guard_hydra(config_dir())
 
 
 def run_app(app: Callable[[], object]) -> None:
@@ -36,9 +42,12 @@ def run_app(app: Callable[[], object]) -> None:
     create it with a traceback)."""
     for arg in sys.argv[1:]:
         key, _, value = arg.partition("=")
-        problem = uncreatable(Path(value)) if key.lstrip("+") in RUN_DIR_KEYS and value else None
+        if key.lstrip("+") not in RUN_DIR_KEYS or not value:
+            continue
+        problem = uncreatable(Path(value))
         if problem:
             _fail(EXIT_CONFIG, f"{key.lstrip('+')}={value} cannot be used: {problem}; choose a writable directory")
+        note_start(value)  # what it holds now is never removed by a refusal (dpm.app.rundir.release)
     try:
         app()
     except SystemExit as exit_:

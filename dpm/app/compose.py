@@ -10,6 +10,7 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from dpm.app.hydra_guard import install as guard_hydra
 from dpm.errors import ConfigError
 
 
@@ -26,6 +27,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
             return_hydra_config: bool = False) -> DictConfig:
     """The config `python train.py OVERRIDES` (or evaluate.py, config_name="evaluate") would receive; with
     return_hydra_config, its `hydra` node too (as Hydra's launchers and callbacks see it)."""
+    guard_hydra(config_dir())
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):

@@ -13,7 +13,7 @@ from dpm.app.build import restore
 from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
 from dpm.app.resume import location_keys
-from dpm.app.rundir import claim, global_rank_from_env, write_hydra_record
+from dpm.app.rundir import claimed_for, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import processes_cleaned_up
 from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
 from dpm.data.base import SPLITS
@@ -155,12 +155,13 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     with open_dict(cfg):
         cfg.weights = weights  # the weights loaded (auto resolved), as the results record them
     settings = task.check(cfg, dm, module.diffusion)
-    rank0 = global_rank_from_env() == 0
-    if rank0:  # processes Fabric starts later write nothing of their own
-        claim(out_dir, "evaluation")
-        if hydra_record:
+    rank0 = global_rank_from_env() == 0  # processes Fabric starts later write nothing of their own
+    with claimed_for(out_dir, "evaluation", rank0):
+        if rank0 and hydra_record:
             write_hydra_record(out_dir, hydra_record)
-    if fabric is not None:
+        if fabric is None:
+            with memory_named(cfg, settings):
+                return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
         with processes_cleaned_up():
             fabric.launch()
             try:
@@ -170,8 +171,6 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
             except BaseException:  # SIGTERM, Ctrl-C or an error on rank 0: the processes it started stop too
                 stop_launched(fabric)
                 raise
-    with memory_named(cfg, settings):
-        return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
 
 
 @contextmanager

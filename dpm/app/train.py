@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dpm.app.build import build
 from dpm.app.checkpoint import load_checkpoint
-from dpm.app.checks import check_train_config
+from dpm.app.checks import check_train_config, resolved
 from dpm.app.resume import check_resume
-from dpm.app.rundir import check_writable, claim, global_rank_from_env, write_hydra_record
+from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.app.trust import trusted_packages
 from dpm.app.wandb_offline import offline_without_credentials
@@ -39,6 +39,7 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.out_dir = str(out_dir)
+    cfg = resolved(cfg)  # what is checked is what the Trainer, callbacks and loggers are built from
     check_train_config(cfg)
     note = offline_without_credentials(cfg)  # before anything is built or written: the config records it
     if note and global_rank_from_env() == 0:
@@ -59,26 +60,27 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
     # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
     trainer = make_trainer(cfg, settings)
-    if global_rank_from_env() == 0:  # the DDP processes Lightning starts later share rank 0's directory
-        claim(out_dir, "training run")
-        check_writable(out_dir / "checkpoints", "hydra.run.dir")
-        if hydra_record:
-            write_hydra_record(out_dir, hydra_record)
-        config = dict(module.run_config)
-        if ckpt_path is not None:
-            config["resumed_from"] = str(ckpt_path)
-            config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
-        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-    for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
-        logger.log_hyperparams(module.run_config)
-    try:
-        with processes_cleaned_up():
-            return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
-    finally:
-        if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-            import wandb
+    rank0 = global_rank_from_env() == 0  # the DDP processes Lightning starts later share rank 0's directory
+    with claimed_for(out_dir, "training run", rank0):
+        if rank0:
+            check_writable(out_dir / "checkpoints", "hydra.run.dir")
+            if hydra_record:
+                write_hydra_record(out_dir, hydra_record)
+            config = dict(module.run_config)
+            if ckpt_path is not None:
+                config["resumed_from"] = str(ckpt_path)
+                config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
+            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+        for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
+            logger.log_hyperparams(module.run_config)
+        try:
+            with processes_cleaned_up():
+                return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
+        finally:
+            if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+                import wandb
 
-            wandb.finish()  # or every job of a multirun logs into one W&B run
+                wandb.finish()  # or every job of a multirun logs into one W&B run
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -21,6 +22,13 @@ from dpm.errors import ConfigError
 TRUST_KEY = "trust"
 PACKAGE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 TASK_SIGNATURE = "run(module, dm, cfg, out_dir, device) -> dict"
+# Packages a refusal never suggests trusting: Python's own (os, subprocess, builtins, ...) and the libraries dpm
+# runs on. None of them holds a data set, network or task for dpm, so a config or checkpoint naming one of their
+# functions is an attempt to run it, not a user's own class.
+NEVER_SUGGESTED = frozenset(sys.stdlib_module_names) | {
+    "builtins", "torch", "torchvision", "lightning", "lightning_fabric", "pytorch_lightning", "torchmetrics", "hydra",
+    "hydra_plugins", "omegaconf", "submitit", "wandb", "numpy", "scipy", "sklearn", "skimage", "matplotlib", "PIL",
+    "mlxtend", "pandas", "yaml", "setuptools", "pip", "pkg_resources", "distutils", "filelock"}
 
 
 def trusted_packages(cfg: Any) -> tuple[str, ...]:
@@ -38,6 +46,9 @@ def trusted_packages(cfg: Any) -> tuple[str, ...]:
         if name.split(".")[0] == "dpm":
             raise ConfigError(f"trust={value!r} is invalid: dpm's own classes are allowed where they belong without "
                               "trust; name your own packages")
+        if name.split(".")[0] in sys.stdlib_module_names or name.split(".")[0] == "builtins":
+            raise ConfigError(f"trust={value!r} is invalid: {name!r} is part of Python itself, which holds no data "
+                              "set, network or task for dpm; name your own packages")
     return tuple(names)
 
 
@@ -48,7 +59,9 @@ def is_trusted(target: str, packages: tuple[str, ...]) -> bool:
 
 def how_to_trust(target: Any, packages: tuple[str, ...], from_checkpoint: bool) -> str:
     """The sentence a refusal ends with: how to allow the target's package, if it could be allowed at all."""
-    if not isinstance(target, str) or target.split(".")[0] == "dpm" or not PACKAGE.fullmatch(target):
+    if not isinstance(target, str) or not PACKAGE.fullmatch(target):
+        return ""
+    if target.split(".")[0] == "dpm" or target.split(".")[0] in NEVER_SUGGESTED:
         return ""
     package = target.split(".")[0]
     now = f" (trusted now: {list(packages)})" if packages else ""

@@ -84,14 +84,15 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         return removed
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m is None or m["host"] != _host() or not p.is_file() or _alive(int(m["pid"])):
+        if m is None or m["host"] != _host() or not p.is_file() or pid_alive(int(m["pid"])):
             continue
         p.unlink(missing_ok=True)
         removed.append(p)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """A process of that pid runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
