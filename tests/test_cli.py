@@ -32,6 +32,7 @@ def test_train_then_evaluate(trained, tmp_path):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     assert ckpt.is_file() and (run_dir / "samples.png").is_file()
     assert f"next:          python evaluate.py ckpt_path={ckpt}" in train.stdout
+    assert any(line.startswith("test bound:") and line.endswith(", exact estimator)") for line in train.stdout.splitlines())
     ev = run("evaluate.py", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert ev.returncode == 0, ev.stderr[-3000:]
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())

@@ -37,9 +37,12 @@ def sha256(path: Path) -> str:
 
 
 def test_eval_json_records_where_its_number_came_from(tmp_path):
-    args = ["train.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}"]
+    args = ["train.py", *TINY, "test_exact_max_T=2", "test_n_t=3", f"hydra.run.dir={tmp_path / 'run'}"]
     out = run(*args)
     assert out.returncode == 0, out.stderr[-3000:]
+    test_line = next(line for line in out.stdout.splitlines() if line.startswith("test bound:"))
+    assert test_line.endswith(", mc estimator)")  # above test_exact_max_T the end of training says it used mc
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["estimator"] == "mc"
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     own = json.loads((tmp_path / "run" / "eval.json").read_text())["provenance"]
     assert own["checkpoint"] == {"path": str(ckpt), "sha256": sha256(ckpt), "weights": "raw",

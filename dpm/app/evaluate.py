@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -154,7 +155,10 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.weights = weights  # the weights loaded (auto resolved), as the results record them
-    settings = task.check(cfg, dm, module.diffusion)
+    try:
+        settings = task.check(cfg, dm, module.diffusion)
+    except ValueError as err:  # a task's check refuses a setting (every check runs before anything is written)
+        raise ConfigError(str(err)) from None
     rank0 = global_rank_from_env() == 0  # processes Fabric starts later write nothing of their own
     with claimed_for(out_dir, "evaluation", rank0):
         if rank0 and hydra_record:
@@ -202,7 +206,13 @@ def own_task(cfg: DictConfig) -> Task:
     run = trusted_task(name, trusted_packages(cfg))
 
     def run_checked(module, dm, cfg, out_dir, device, settings) -> dict:
-        result = run(module, dm, cfg, out_dir, device)
+        try:
+            result = run(module, dm, cfg, out_dir, device)
+        except ConfigError as err:  # the task refused one of its own settings: exit 2, named
+            raise ConfigError(f"own.module={name!r}: {err}") from None
+        except Exception as err:  # a failure inside the user's code: its traceback, then one line naming it
+            traceback.print_exc()
+            raise RunFailed(f"own.module={name!r} failed: {type(err).__name__}: {err} (its traceback is above)") from None
         if not isinstance(result, dict):
             raise ConfigError(f"own.module={name!r} breaks the task contract: {TASK_SIGNATURE}, but its run "
                               f"returned a {type(result).__name__}")

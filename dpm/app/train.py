@@ -128,6 +128,7 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
                 raise
             raise RunFailed(_out_of_memory(err, "the test bound after training", cfg, out_dir, trainer)) from None
         metrics.update({"test/K": result["K"], "test/K_stderr": result["K_stderr"]})
+        paths["test/estimator"] = result["estimator"]  # exact, or mc above test_exact_max_T (the last lines say)
         for logger in trainer.loggers:
             logger.log_metrics({"test/K": result["K"], "test/K_minus_L_null": result["K_minus_L_null"]},
                                step=trainer.global_step)
