@@ -401,6 +401,7 @@ def test_a_value_error_from_a_bug_mid_training_is_a_failure_not_a_setting(tmp_pa
     assert (tmp_path / "run" / "checkpoints" / "crash.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_a_sweep_job_refused_for_a_setting_is_one_line_and_the_others_run(tmp_path):
     out = run("train.py", "-m", "optimizer.lr=-1,0.001", *TINY, "callbacks=minimal", "test_at_end=false",
               f"hydra.sweep.dir={tmp_path}")
@@ -430,6 +431,7 @@ def test_out_of_memory_in_training_is_one_message_and_no_crash_checkpoint(tmp_pa
     assert not (tmp_path / "checkpoints" / "crash.ckpt").exists()
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_smc_is_a_clean_refusal_or_one_message(tmp_path):
     """task=complete with 100,000 particles per sequence (about 6 GB of particles) under an address-space limit of
     8 GB: refused before it starts when this machine cannot hold it (exit 2), else stopped when the allocation fails

@@ -21,6 +21,7 @@ from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config
 from dpm.app.compose import compose
 from dpm.app.contracts import check_datamodule_class, check_net, check_net_class
+from dpm.app.evaluate import evaluate
 from dpm.app.trust import trusted_packages, trusted_task
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
@@ -220,9 +221,8 @@ def test_a_failing_own_task_is_named_with_its_traceback_and_a_broken_one_in_one_
     assert "Traceback" in failing.stderr and re.search(r'mypkg/failing.py", line \d+, in helper', failing.stderr)
     assert failing.stderr.strip().splitlines()[-1] == ("error: own.module='mypkg.failing' failed: ValueError: the "
                                                        "task's own mistake (its traceback is above)")
-    refusing = run(package, "evaluate.py", *common, "own.module=mypkg.refusing", f"hydra.run.dir={package / 'r'}")
-    assert refusing.returncode == 2 and "Traceback" not in refusing.stderr, refusing.stderr[-3000:]
-    assert "error: own.module='mypkg.refusing': own.limit=-1 is invalid" in refusing.stderr
+    with pytest.raises(ConfigError, match=r"^own.module='mypkg.refusing': own.limit=-1 is invalid"):  # exit 2
+        evaluate(compose([*common, "own.module=mypkg.refusing"], config_name="evaluate"), package / "r")
     broken = run(package, "evaluate.py", *common, "own.module=mypkg.broken", f"hydra.run.dir={package / 'b'}")
     assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
     assert "error: own.module='mypkg.broken' could not be imported (SyntaxError: " in broken.stderr

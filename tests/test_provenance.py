@@ -94,6 +94,10 @@ def array_run(tmp_path_factory):
 
 
 def test_evaluate_reads_a_moved_file_from_path_and_says_what_it_reads(array_run, tmp_path):
+    from dpm.app.evaluate import data_choices, evaluate
+    from dpm.app.compose import compose
+    from dpm.errors import ConfigError
+
     folder, ckpt = array_run
     moved = tmp_path / "elsewhere.npy"
     moved.write_bytes((folder / "points.npy").read_bytes())
@@ -103,13 +107,13 @@ def test_evaluate_reads_a_moved_file_from_path_and_says_what_it_reads(array_run,
     result = json.loads((tmp_path / "e" / "eval.json").read_text())
     assert result["path"] == str(moved) and result["provenance"]["data"]["same_as_training"] is True
     assert result["provenance"]["data"]["sha256"] == sha256(moved)
-    default = run("evaluate.py", f"ckpt_path={ckpt}", "progress=false", f"hydra.run.dir={tmp_path / 'd'}")
-    assert f"data: ArrayDataModule read from path={folder / 'points.npy'} (the checkpoint’s; path=... to change)" \
-        in default.stdout
+    config = torch.load(ckpt, weights_only=True)["dpm_config"]
+    line = data_choices(config, compose([f"ckpt_path={ckpt}"], config_name="evaluate"))
+    assert line == f"data: ArrayDataModule read from path={folder / 'points.npy'} (the checkpoint’s; path=... to change)"
     for wrong in ("data_dir=/tmp", "+dataset.path=/x.npy", "folder=/tmp"):  # keys this data set does not read
-        refused = run("evaluate.py", f"ckpt_path={ckpt}", wrong, f"hydra.run.dir={tmp_path / 'r'}")
-        assert refused.returncode == 2 and "Traceback" not in refused.stderr, (wrong, refused.stderr[-2000:])
-        assert "path=" in refused.stderr.splitlines()[-1]  # says which key this data set does read
+        with pytest.raises(ConfigError, match=r"path="):  # ... refused, saying which key it does read
+            evaluate(compose([f"ckpt_path={ckpt}", wrong], config_name="evaluate"), tmp_path / "r")
+        assert not (tmp_path / "r").exists()
 
 
 def test_a_file_changed_after_training_is_evaluated_with_a_note_and_a_new_shape_refused(array_run, tmp_path):
