@@ -92,13 +92,13 @@ def data_choices(run_config: dict, cfg: DictConfig) -> str:
     where = [key for key in (k.removeprefix("dataset.") for k in location_keys(run_config))
              if key in LOCATIONS and key in dataset]
     given = {key: cfg.get(key) for key in LOCATIONS if cfg.get(key) is not None}
-    asked = {key: True for key in FETCHES if cfg.get(key) and key not in dataset}
-    for key, value in {**given, **asked}.items():
-        if key not in where and key not in FETCHES:
+    for key, value in given.items():
+        if key not in where:
             reads = (f"its files are set by {', '.join(f'{k}=' for k in where)}" if where
                      else "it is generated or ships with a package, so no file is read")
             raise ConfigError(f"{key}={value} does not apply to this checkpoint's data ({name}): {reads}")
-        if key in FETCHES:
+    for key in FETCHES:
+        if cfg.get(key) and key not in dataset:
             raise ConfigError(f"{key}=true does not apply to this checkpoint's data ({name}): nothing is downloaded "
                               "or cached for it")
     parts = []

@@ -46,11 +46,6 @@ def clear_stop() -> None:
     _stop_reason.clear()
 
 
-def stop_requested() -> str | None:
-    """Why a stop was requested, or None."""
-    return _stop_reason[0] if _stop_reason else None
-
-
 def format_duration(seconds: float) -> str:
     """'42 s', '7 min', '1 h 05 min': the precision a time estimate deserves."""
     if seconds < 90:
