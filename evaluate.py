@@ -9,9 +9,11 @@ from omegaconf import DictConfig, OmegaConf
 from dpm.app.cli import ddp_child_argv, run_app
 from dpm.app.cli import main as run_command
 from dpm.app.evaluate import evaluate
+from dpm.app.compose import help_groups
 from dpm.app.rundir import eval_dir
 
 OmegaConf.register_new_resolver("dpm_eval_dir", eval_dir, replace=True)
+OmegaConf.register_new_resolver("dpm_help_groups", help_groups, replace=True)  # --help's groups
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -4,11 +4,14 @@ import os
 import sys
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.cli import ddp_child_argv, run_app
 from dpm.app.cli import main as run_command
+from dpm.app.compose import help_groups
 from dpm.app.train import train
+
+OmegaConf.register_new_resolver("dpm_help_groups", help_groups, replace=True)  # --help's groups
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -1,15 +1,71 @@
 """Shared fixtures: composing the Hydra config the way train.py does, without running Hydra's app; the `slurm`
 marker (tests that submit jobs to a real SLURM cluster: skipped with the reason when no controller answers, failed
-instead when DPM_REQUIRE_SLURM=1, as .ci/run sets after starting scripts/slurm-local.sh)."""
+instead when DPM_REQUIRE_SLURM=1, as .ci/run sets after starting scripts/slurm-local.sh); and a check, for the whole
+session, that no test wrote into the repository (every test writes only under its own tmp_path)."""
 
 import functools
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from dpm.app.compose import compose
+
+ROOT = Path(__file__).resolve().parents[1]
+# Where a command run from the repository writes by default (all git-ignored, so git status does not show them):
+# run directories, sweeps, W&B's offline runs, downloads and caches.
+RUN_OUTPUTS = ("outputs", "multirun", "wandb", "data")
+_STATE = pytest.StashKey[dict]()
+
+
+def repository_state() -> dict[str, object]:
+    """What a test must leave as it found it: `git status --porcelain` (tracked and untracked files), and every
+    entry under RUN_OUTPUTS with its size, modification time and, for a link, its target (outputs/latest)."""
+    state: dict[str, object] = {}
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        if status.returncode == 0:
+            state["git status --porcelain"] = status.stdout
+    except (OSError, subprocess.TimeoutExpired):  # no git, or not a checkout: the folders below still count
+        pass
+    for name in RUN_OUTPUTS:
+        top = ROOT / name
+        paths = [top] if top.exists() or top.is_symlink() else []
+        for folder, dirs, files in os.walk(top):
+            paths += [Path(folder) / entry for entry in dirs + files]
+        for path in paths:
+            st = path.lstat()
+            state[str(path.relative_to(ROOT))] = (st.st_size, st.st_mtime_ns,
+                                                  os.readlink(path) if path.is_symlink() else None)
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_STATE] = repository_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = session.config.stash.get(_STATE, None)
+    if before is None:
+        return
+    after = repository_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if not changed:
+        return
+    lines = [f"  {k}: {before.get(k, 'absent')!r} -> {after.get(k, 'absent')!r}"[:400] for k in changed[:20]]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = ("the tests changed the repository's tree (a test must write only under its own tmp_path):\n"
+               + "\n".join(lines) + (f"\n  ... and {len(changed) - 20} more" if len(changed) > 20 else ""))
+    if reporter is not None:
+        reporter.write_sep("=", "repository changed", red=True)
+        reporter.write_line(message)
+    else:
+        print(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 
 @pytest.fixture

@@ -39,3 +39,66 @@ def test_bad_n_t_is_named():
         stratified_t(5, 10, 0)
     with pytest.raises(ValueError, match="n_t=10"):
         stratified_t(5, 10, 10)
+
+
+# ---- memory: one term of every example per network call -------------------------------------------------------
+
+class RowCounter(torch.nn.Module):
+    """Wraps a network and records how many rows each call gets."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.rows = net, []
+
+    def forward(self, xt, t):
+        self.rows.append(len(xt))
+        return self.net(xt, t)
+
+
+def unchunked_mc_kl_sum(d, net, x0, n_t, keys):
+    """The mc estimator's sum as one network call over the batch repeated n_t times (each example's draws keyed by
+    (seed, index, stream), the same in any batch): the reference the chunked estimator must equal."""
+    t, w = stratified_t(len(x0), d.T, n_t, keys=keys)
+    kl = d.kl_term(net, x0.repeat(n_t, *([1] * (x0.dim() - 1))), t.flatten(), keys=keys.repeat(n_t))
+    return (kl.view(n_t, len(x0)) * w[:, None]).sum(0)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "binomial"])
+def test_mc_bound_puts_one_batch_through_the_network_at_a_time_and_equals_the_one_call_sum(kind):
+    from dpm.core.binomial import BinomialDiffusion
+    from dpm.core.bound import kl_sum
+    from dpm.core.gaussian import GaussianDiffusion
+    from dpm.core.keyed import Keys
+    from dpm.core.schedules import Schedule
+    from tests.helpers import random_mlp
+
+    torch.manual_seed(0)
+    if kind == "gaussian":
+        d, D = GaussianDiffusion(Schedule("sd2015", T=200)), 3
+        x0 = torch.randn(50, D)
+    else:
+        d, D = BinomialDiffusion(Schedule("binomial", T=200), p=0.3), 6
+        x0 = torch.bernoulli(torch.full((50, D), 0.4))
+    net = RowCounter(random_mlp(D, d.n_outputs, d.T))
+    keys = Keys(3, torch.arange(100, 150))
+    done = []
+    with torch.no_grad():
+        chunked = kl_sum(d, net, x0, "mc", 64, keys=keys, on_terms=done.append)
+        assert max(net.rows) == 50 and len(net.rows) == 64  # never more rows than the batch, whatever n_t
+        reference = unchunked_mc_kl_sum(d, net, x0, 64, keys)
+    assert torch.allclose(chunked, reference, rtol=1e-5, atol=1e-5 * reference.abs().mean().item())
+    assert sum(done) == 50 * 64 and len(done) == 64  # progress told per stratum, not once at the end
+
+
+def test_time_estimate_of_the_mc_bound_runs_one_batch_at_a_time():
+    """The warm-up that times the bound must not need more memory than the bound: one batch per call."""
+    from dpm.app.build import build
+    from dpm.app.compose import compose
+    from dpm.core.keyed import Keys
+    from dpm.tasks.bound import estimate_seconds
+
+    dm, module = build(compose(["T=100", "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"]))
+    module.net = RowCounter(module.net)
+    x0 = dm.splits["test"]
+    seconds = estimate_seconds(module.eval(), x0, Keys(0, torch.arange(len(x0))), "mc", 32, 16)
+    assert seconds > 0 and max(module.net.rows) == 16

@@ -71,3 +71,18 @@ def test_task_file_sets_its_task_and_its_node(compose_cfg, task):
     others = [t for t in TASK_FILES if t != task and t in cfg]
     assert not others, others  # another task's node is not in this task's config
     assert ("estimator" in cfg) == (task == "bound")
+
+
+def test_help_lists_each_commands_own_groups():
+    """train.py --help lists train.py's groups (not evaluate.py's task); evaluate.py --help only its task group."""
+    import subprocess
+    import sys
+
+    root = CONF.parent
+    for script, groups in (("train.py", GROUPS), ("evaluate.py", ["task"])):
+        out = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        listed = out.stdout.split("(group=option)", 1)[1].split("== Config ==", 1)[0].split()
+        listed = [word.rstrip(":") for word in listed if word.endswith(":")]
+        assert listed == groups, (script, listed)
+        assert all(f"{g}: {', '.join(sorted(f.stem for f in (CONF / g).glob('*.yaml')))}" in out.stdout for g in groups)

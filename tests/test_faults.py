@@ -211,12 +211,15 @@ def assert_refused_cleanly(ws: Path, before: dict, code: int, message: str, got:
 
 CONFIG_ERRORS = [  # Hydra's own composition errors, and dpm's checks of a composed config
     ("unknown group option", "train.py", ["dataset=nosuchdata"],
-     r"Could not find 'dataset/nosuchdata'.*Available options in 'dataset'.*swiss_roll"),
+     r"^error: dataset=nosuchdata is not an option of the config group dataset; valid choices: \[.*'swiss_roll'\]$"),
+    ("unknown diffusion", "train.py", ["diffusion=nosuch"],
+     r"^error: diffusion=nosuch is not an option of the config group diffusion; valid choices: \['binomial', "
+     r"'gaussian'\]$"),
     ("unknown key", "train.py", ["dataset.batch_sise=1"], r"Could not override 'dataset.batch_sise'"),
     ("bad type", "train.py", ["T=abc"], r"error: T='abc' is invalid: it must be an integer"),
     ("bad value", "train.py", ["dataset.batch_size=0"], r"error: dataset.batch_size=0 is invalid"),
     ("unknown task", "evaluate.py", ["ckpt_path=x", "task=nosuch"],
-     r"Could not find 'task/nosuch'.*Available options in 'task'.*inpaint"),
+     r"^error: task=nosuch is not an option of the config group task; valid choices: \[.*'inpaint'"),
 ]
 
 
@@ -229,8 +232,10 @@ def test_a_configuration_error_exits_2_with_one_short_message(tmp_path, script, 
 
     out = run(script, *args, f"hydra.run.dir={tmp_path / 'out'}", "progress=false")
     assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
-    assert re.search(message, out.stderr, re.S), out.stderr[-3000:]
+    assert re.search(message, out.stderr, re.S | re.M), out.stderr[-3000:]
     assert "Traceback" not in out.stderr + out.stdout and len(out.stderr) < 1500, out.stderr
+    said = [line for line in out.stderr.splitlines() if line.strip() and "srun" not in line]  # Lightning's SLURM hint
+    assert len(said) == 1 and said[0].startswith("error: "), said  # one line: no search path, no hint
     written = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".log"]  # Hydra's log
     assert not written, written
 
@@ -340,3 +345,116 @@ def test_interrupted_evaluation_writes_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "stopped by SIGINT before it wrote its results" in err, err[-2000:]
     assert not (tmp_path / "eval").exists()  # nothing left: the same directory can be used again
+
+
+def test_sigterm_stops_a_long_figure_within_seconds(tmp_path):
+    """T = 200,000: the validation figure samples 2,000 points through 200,000 steps (minutes). It shows its
+    progress, and SIGTERM stops it within seconds (exit 143, last.ckpt written), not once the figure is drawn."""
+    args = [a for a in TINY if not a.startswith(("T=", "progress"))] + ["T=200000", "progress=true", "test_at_end=false"]
+    proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        while line and not line.startswith("sampling:"):  # the figure's progress, once it has run a few seconds
+            line = proc.stdout.readline()
+        assert line.startswith("sampling:") and "/200k" in line, line
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - start
+    finally:
+        proc.kill()  # nothing left running, whatever happened (the figure alone would take many minutes)
+    assert took < 15, took
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err, err[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+BUG_SCRIPT = """
+import runpy
+import sys
+
+sys.path.insert(0, {root!r})
+from dpm.model.module import DiffusionModule
+
+plain = DiffusionModule.training_step
+
+
+def buggy(self, batch, batch_idx):
+    if self.global_step == 3:
+        raise ValueError("a bug in the code, not a setting")
+    return plain(self, batch, batch_idx)
+
+
+DiffusionModule.training_step = buggy
+runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
+def test_a_value_error_from_a_bug_mid_training_is_a_failure_not_a_setting(tmp_path):
+    """Only a ConfigError (a setting, file or checkpoint that cannot be used) exits 2. A ValueError raised by a bug
+    after training began exits 1 with its traceback, and the run directory keeps what the run wrote."""
+    script = tmp_path / "buggy_train.py"
+    script.write_text(BUG_SCRIPT.format(root=str(ROOT), train=str(ROOT / "train.py")))
+    args = [a for a in TINY if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=6"]
+    out = subprocess.run([sys.executable, str(script), *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" in out.stderr and "ValueError: a bug in the code, not a setting" in out.stderr
+    assert "error: a bug in the code" not in out.stderr  # not reported as a bad setting
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "crash.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_sweep_job_refused_for_a_setting_is_one_line_and_the_others_run(tmp_path):
+    out = run("train.py", "-m", "optimizer.lr=-1,0.001", *TINY, "callbacks=minimal", "test_at_end=false",
+              f"hydra.sweep.dir={tmp_path}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "error: optimizer.lr=-1 is invalid: it must be a finite number > 0" in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: a job of the sweep was refused (optimizer.lr=-1")
+    assert (tmp_path / "1" / "checkpoints" / "last.ckpt").is_file()  # the other job ran
+
+
+def test_out_of_memory_in_training_is_one_message_and_no_crash_checkpoint(tmp_path):
+    """A batch whose activations need about 100 GB, under an address-space limit of 12 GB (so the allocation fails
+    at once, as it would on a machine without the memory): exit 1, one line that says what ran out and what to
+    lower, no traceback, and no crash.ckpt (last.ckpt, when there is one, is the run's)."""
+    import resource
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (12 * 2**30, 12 * 2**30))
+
+    args = [a for a in TINY if not a.startswith(("dataset.n_train", "dataset.batch_size"))]
+    out = subprocess.run([sys.executable, "train.py", *args, "net.hidden=131072", "net.n_layers=1",
+                          "dataset.n_train=200000", "dataset.batch_size=200000", f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, preexec_fn=limit_memory)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: out of memory in training at step 0 (") and "dataset.batch_size" in line, line
+    assert not (tmp_path / "checkpoints" / "crash.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_out_of_memory_in_smc_is_a_clean_refusal_or_one_message(tmp_path):
+    """task=complete with 100,000 particles per sequence (about 6 GB of particles) under an address-space limit of
+    8 GB: refused before it starts when this machine cannot hold it (exit 2), else stopped when the allocation fails
+    (exit 1); either way one line naming complete.particles, no traceback, no results."""
+    import resource
+
+    from tests.helpers import save_untrained
+
+    ckpt = save_untrained(tmp_path / "hb.ckpt", ["dataset=heartbeat", "T=10", "dataset.n_train=100",
+                                                 "dataset.n_val=20", "dataset.n_test=200"])
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, 8 * 2**30))
+
+    out = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={ckpt}", "task=complete", "complete.n=100",
+                          "complete.particles=100000", "batch_size=100000", "progress=false",
+                          f"hydra.run.dir={tmp_path / 'eval'}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, preexec_fn=limit_memory)
+    assert out.returncode in (1, 2) and "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "complete.particles=100000" in line, line
+    assert not (tmp_path / "eval" / "complete.json").exists()

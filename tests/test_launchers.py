@@ -22,7 +22,7 @@ from tests.helpers import hydra_config, hydra_job_config
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.max_steps=30", "trainer.val_check_interval=10", "trainer.enable_progress_bar=false", "T=6",
         "dataset.n_train=128", "dataset.n_val=32", "dataset.n_test=32", "dataset.batch_size=32",
-        "callbacks.figure.every_n_val=0"]
+        "callbacks.figure.every_n_val=0", "latest_link=null"]
 
 
 # ---- hydra/launcher=local: a real sweep ----------------------------------------------------------------------

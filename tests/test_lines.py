@@ -1,4 +1,5 @@
-"""Training progress off a terminal: plain lines (dpm.app.lines.LineProgress), no redrawn bar, no library noise."""
+"""Training progress off a terminal: plain lines (dpm.app.lines.LineProgress), no redrawn bar, no library noise; on a
+terminal one bar over the run's steps (dpm.app.lines.StepBar)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,35 @@ def test_off_a_terminal_training_logs_plain_lines(tmp_path, capsys):
     validations = [int(m[1]) for m in parsed if m[8] == "validation"]
     assert validations == [2, 4] and all(m[5] for m in parsed if m[8] == "validation")  # with val/K
     assert parsed[-1][8] == "end of training" and parsed[-1][1] == "4"
+
+
+def test_on_a_terminal_one_bar_counts_the_steps_towards_max_steps(tmp_path, capsys, monkeypatch):
+    """30 steps in epochs of 4 batches: the bar reads `training (steps)` up to 30/30, never `Epoch k`, and a warning
+    raised meanwhile is written above it rather than into it."""
+    import warnings
+
+    from dpm.app.lines import StepBar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # what make_callbacks asks of a terminal
+    args = [a for a in TINY if not a.startswith(("trainer.enable_progress_bar", "trainer.max_steps",
+                                                  "trainer.val_check_interval"))]
+
+    class Warns(StepBar):
+        def on_validation_end(self, trainer, pl_module):
+            super().on_validation_end(trainer, pl_module)
+            warnings.warn("a warning during training")
+
+    monkeypatch.setattr("dpm.app.trainer.StepBar", Warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        train(compose([*args, "trainer.enable_progress_bar=true", "trainer.max_steps=30",
+                       "trainer.val_check_interval=15", "dataset.n_train=128", "dataset.batch_size=32",
+                       "progress_bar_every=5"]), tmp_path / "run")
+    out, err = capsys.readouterr()
+    frames = [f for f in out.replace("\r", "\n").splitlines() if f.startswith("training (steps)")]
+    assert frames and "30/30" in frames[-1] and all("/30 " in f for f in frames), frames[-3:]
+    assert "Epoch" not in out
+    assert any(line.endswith("UserWarning: a warning during training") for line in err.splitlines())
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config
 from dpm.app.compose import compose
 from dpm.app.contracts import check_datamodule_class, check_net, check_net_class
+from dpm.app.evaluate import evaluate
 from dpm.app.trust import trusted_packages, trusted_task
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
@@ -80,6 +82,25 @@ PACKAGE = {
             return result
         """,
     "mypkg/badtask.py": "def run(module):\n    return {}\n",
+    "mypkg/failing.py": """
+        def run(module, dm, cfg, out_dir, device):
+            return {"value": helper()}
+
+        def helper():
+            raise ValueError("the task's own mistake")
+        """,
+    "mypkg/refusing.py": """
+        from dpm.errors import ConfigError
+
+        def run(module, dm, cfg, out_dir, device):
+            raise ConfigError("own.limit=-1 is invalid: my task needs a positive limit")
+        """,
+    "mypkg/broken.py": "def run(module, dm, cfg, out_dir, device)\n    return {}\n",  # no colon: a SyntaxError
+    "mypkg/conf/__init__.py": "",  # pkg://mypkg.conf reads a package
+    "mypkg/conf/net/tiny.yaml": """
+        _target_: mypkg.nets.Tiny
+        hidden: 16
+        """,
     "otherpkg/__init__.py": "from pathlib import Path\nPath(__file__).with_name('IMPORTED').write_text('x')\n",
     "otherpkg/nets.py": "from mypkg.nets import Tiny\n",
     "conf/dataset/blobs.yaml": """
@@ -120,6 +141,7 @@ def test_own_classes_train_and_evaluate_when_trusted_and_a_checkpoint_never_trus
     assert (package / "marker").read_text() == "4"  # the callback ran
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trust"] == ["mypkg"]  # what was trusted
     ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert f"next:          python evaluate.py ckpt_path={ckpt} trust=[mypkg]" in out.stdout  # what evaluating needs
     out = run(package, "evaluate.py", f"ckpt_path={ckpt}", "task=own", "own.module=mypkg.task", "trust=[mypkg]", "progress=false",
               f"hydra.run.dir={package / 'eval'}")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -184,3 +206,33 @@ def test_contracts_are_checked_with_a_clear_error(package):
         trusted_task("mypkg.badtask", ("mypkg",))
     with pytest.raises(ConfigError, match=r"trust=\[mypkg\]"):
         trusted_task("mypkg.task", ())
+
+
+def test_a_failing_own_task_is_named_with_its_traceback_and_a_broken_one_in_one_line(package):
+    """A ValueError inside the user's task is their code failing (exit 1): its traceback, then one line naming
+    own.module; a ConfigError it raises is a refusal of a setting (exit 2); a module that does not compile is one
+    line (exit 2), as an ImportError is."""
+    from tests.helpers import save_untrained
+
+    ckpt = save_untrained(package / "roll.ckpt", ["T=6", "dataset.n_train=64", "dataset.n_val=16", "dataset.n_test=16"])
+    common = [f"ckpt_path={ckpt}", "task=own", "trust=[mypkg]", "progress=false"]
+    failing = run(package, "evaluate.py", *common, "own.module=mypkg.failing", f"hydra.run.dir={package / 'f'}")
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    assert "Traceback" in failing.stderr and re.search(r'mypkg/failing.py", line \d+, in helper', failing.stderr)
+    assert failing.stderr.strip().splitlines()[-1] == ("error: own.module='mypkg.failing' failed: ValueError: the "
+                                                       "task's own mistake (its traceback is above)")
+    with pytest.raises(ConfigError, match=r"^own.module='mypkg.refusing': own.limit=-1 is invalid"):  # exit 2
+        evaluate(compose([*common, "own.module=mypkg.refusing"], config_name="evaluate"), package / "r")
+    broken = run(package, "evaluate.py", *common, "own.module=mypkg.broken", f"hydra.run.dir={package / 'b'}")
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-3000:]
+    assert "error: own.module='mypkg.broken' could not be imported (SyntaxError: " in broken.stderr
+    assert "broken.py, line 1" in broken.stderr
+
+
+def test_a_config_package_with_its_init_file_adds_options_without_a_warning(package):
+    """The README's hydra.searchpath=[pkg://mypkg.conf]: mypkg/conf/__init__.py makes it a package, so Hydra finds
+    it without its `is not available` warning (and the README says to add one)."""
+    out = run(package, "train.py", "hydra.searchpath=[pkg://mypkg.conf]", "net=tiny", "trust=[mypkg]", "--cfg", "job")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "_target_: mypkg.nets.Tiny" in out.stdout and "not available" not in out.stderr
+    assert "mypkg/conf/__init__.py" in (ROOT / "README.md").read_text()

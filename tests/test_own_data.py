@@ -139,6 +139,41 @@ def _truncated(p):
     return FolderDataModule, {"path": folder}
 
 
+def header_only_png(path: Path, width: int, height: int) -> None:
+    """A grey PNG whose header claims width x height pixels, with almost no pixel data (what a decompression bomb's
+    header looks like to a reader: PIL decides from the header alone)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def _bomb(p):
+    folder = write_images(p / "bomb", 59, size=(16, 16))
+    header_only_png(folder / "huge.png", 20000, 20000)
+    return FolderDataModule, {"path": folder}
+
+
+def _too_big_to_decode(p):
+    folder = p / "big"
+    folder.mkdir()
+    for i in range(400):  # 400 images of 9000 x 9000 (each under PIL's bomb limit): terabytes once decoded
+        header_only_png(folder / f"im{i:03d}.png", 9000, 9000)
+    return FolderDataModule, {"path": folder}
+
+
+def _fifo(p):
+    import os
+
+    os.mkfifo(p / "pipe.npy")
+    return ArrayDataModule, {"path": p / "pipe.npy"}
+
+
 def _save(name, fn):
     def make(p):
         fn(p / name)
@@ -165,11 +200,24 @@ BAD = [
      r"obj.npy could not be read .*Pickled objects are never loaded"),
     ("string array", _save("str.npy", lambda f: np.save(f, np.array([["a", "b"]] * 9))), r"str.npy holds a <U1 array"),
     ("1-D array", _save("flat.npy", lambda f: np.save(f, np.arange(30.0))), r"flat.npy has shape \(30,\).*reshape"),
-    ("too few examples", _save("few.npy", lambda f: np.save(f, np.ones((5, 2)))), r"few.npy holds 5 training examples"),
+    ("too few examples", _save("few.npy", lambda f: np.save(f, np.arange(10.0).reshape(5, 2))), r"few.npy holds 5 training examples"),
     ("npz without usable keys", _save("k.npz", lambda f: np.savez(f, a=np.ones((9, 2)), b=np.ones((9, 2)))),
      r"k.npz holds the arrays \['a', 'b'\]"),
     (".pt not a tensor", _save("l.pt", lambda f: torch.save([1, 2], f)), r"l.pt holds a list, not a tensor"),
     ("non-numeric csv", _save("bad.csv", lambda f: f.write_text("a,b\n1,2\n3,x\n")), r"bad.csv is not a numeric table"),
+    ("a FIFO", _fifo, r"pipe.npy is not a regular file"),
+    ("text named .npy", _save("t.npy", lambda f: f.write_text("1,2\n3,4\n")),
+     r"t.npy is not a .npy file \(it does not start as a NumPy array file does; its first bytes are b'1,2\\n3,'\)"),
+    ("beyond float32", _save("big.npy", lambda f: np.save(f, np.array([[1.0, 2.0]] * 20 + [[3.0, 1e39]]))),
+     r"big.npy holds 1 values beyond float32's range \(±3.4e\+38; the first, 1e\+39, at index \(20, 1\)\)"),
+    ("uint8 images without n_levels", _save("u8.npy", lambda f: np.save(f, np.full((30, 5, 5), 200, np.uint8))),
+     r"u8.npy holds images of integer values \(uint8, 0..200\) and dataset.n_levels is null: set dataset.n_levels=256"),
+    ("constant ones", _save("ones.npy", lambda f: np.save(f, np.ones((40, 5)))),
+     r"ones.npy: the training examples are all the same \(every value 1\)"),
+    ("decompression bomb", _bomb, r"huge.png \(under dataset.path\) is too large to decode \(Image size \(400000000 "
+                                  r"pixels\) exceeds limit"),
+    ("too large to decode", _too_big_to_decode, r"big: its 400 images of 1x9000x9000 would need about [\d,.]+ GiB of "
+                                                r"memory once decoded, more than the [\d,.]+ GiB available"),
 ]
 
 
@@ -186,6 +234,22 @@ def test_non_binary_values_with_binomial_diffusion_name_the_file(tmp_path):
                    "schedule=binomial"])
     with pytest.raises(ConfigError, match=r"real.npy: binomial diffusion needs binary data"):
         build(cfg)
+
+
+def test_zero_one_sequences_with_gaussian_diffusion_are_refused(tmp_path):
+    np.save(tmp_path / "bits.npy", (np.random.default_rng(0).random((60, 8)) < 0.4).astype(np.uint8))
+    with pytest.raises(ConfigError, match=r"bits.npy: the data are sequences of 0 / 1 values: model them with "
+                                          r"diffusion=binomial schedule=binomial"):
+        build(compose(["dataset=array", f"dataset.path={tmp_path / 'bits.npy'}"]))
+
+
+def test_images_with_an_alpha_channel_are_read_with_a_note(tmp_path, capsys):
+    folder = write_images(tmp_path / "rgba", 12, mode="RGB")
+    Image.fromarray(np.full((8, 8, 4), 99, np.uint8), "RGBA").save(folder / "z.png")
+    dm = ready(FolderDataModule(path=str(folder)))
+    assert dm.data_shape == (3, 8, 8)
+    assert f"note: 1 of the 13 images under dataset.path={folder} have an alpha channel (e.g. {folder / 'z.png'}, " \
+           "mode RGBA); it is dropped (RGB is read)" in capsys.readouterr().err
 
 
 SUBPROCESS_BAD = ["NaN and inf", "truncated image", "missing folder"]
@@ -276,6 +340,28 @@ def test_a_checkpoint_of_the_one_scale_default_still_reads_as_global(tmp_path):
     assert dm.eval_info()["scaling"] == "global" and dm.raw_log2_jacobian() == pytest.approx(3.0)
 
 
+def test_pairwise_figure_is_in_the_datas_own_units_with_shared_axes(tmp_path, monkeypatch):
+    from matplotlib.collections import PathCollection
+
+    from dpm.figures.pairs import pairs
+
+    x = np.random.default_rng(0).normal([100.0, -50.0, 3.0], [5.0, 1.0, 0.1], size=(200, 3))
+    np.save(tmp_path / "v.npy", x)
+    dm, module = build(compose(["dataset=array", f"dataset.path={tmp_path / 'v.npy'}", "T=6", "progress=false"]))
+    figures = []
+    module_of_pairs = sys.modules[pairs.__module__]  # the package re-exports the function under the module's name
+    monkeypatch.setattr(module_of_pairs, "save", lambda fig, path: figures.append(fig) or path)
+    pairs(module.eval(), dm, tmp_path / "p.png")
+    axes = np.array(figures[0].axes).reshape(3, 3)
+    data = next(c for c in axes[1, 0].collections if isinstance(c, PathCollection)).get_offsets()
+    nearest = np.abs(np.asarray(data)[:, None, :] - x[None, :, :2]).max(2).min(1)  # to the closest row of the file
+    assert len(data) == 20 and nearest.max() < 1e-3  # the file's values (to float32), not normalised ones
+    for j in range(3):  # a column shares its x range, a row (off the diagonal) its y range
+        assert len({axes[i, j].get_xlim() for i in range(3)}) == 1
+        assert len({axes[j, i].get_ylim() for i in range(3) if i != j}) == 1
+    assert axes[0, 0].get_xlim()[0] < 100 < axes[0, 0].get_xlim()[1] and axes[1, 1].get_xlim()[1] < 0
+
+
 FOLDERS = [pytest.param("L", ".png", id="grey png"),
            pytest.param("RGB", ".png", id="rgb png", marks=pytest.mark.slow),
            pytest.param("RGB", ".jpg", id="jpeg", marks=pytest.mark.slow)]
@@ -295,6 +381,9 @@ def test_an_image_folder_trains_and_evaluates_end_to_end(tmp_path, mode, suffix)
               f"hydra.run.dir={tmp_path / 'inpaint'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "inpaint" / "inpaint.png").is_file()
+    wrote = [line for line in out.stdout.splitlines() if "wrote" in line]
+    for name in ("inpaint.json", "inpaint.png", "inpaint.npz"):  # each file named once, in the last lines
+        assert sum(name in line for line in wrote) == 1, wrote
 
 
 def true_log2_likelihood(x: np.ndarray) -> np.ndarray:

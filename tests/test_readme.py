@@ -233,3 +233,12 @@ def test_every_cited_contract_exists():
     cited = {m for f in text_files(CITED_FILES) for m in re.findall(r"docs/contracts\.md, contract ([0-9]+)",
                                                                     f.read_text())}
     assert cited and cited <= headings, sorted(cited - headings)
+
+
+def test_the_readme_tells_cpu_only_users_how_to_get_the_cpu_wheels():
+    """A CPU-only machine need not download CUDA: PyTorch's own CPU index, installed first, is kept by
+    `pip install -e .`; CI installs the same way where it has no GPU."""
+    text = README.read_text()
+    command = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+    assert command in " ".join(text.split())
+    assert "torch torchvision --index-url https://download.pytorch.org/whl/cpu" in (ROOT / ".ci" / "run").read_text()

@@ -161,9 +161,9 @@ POOR = [
                                 "complete.particles=1000000000"), 2,
      r"complete.particles=1000000000 with complete.n=16 would need about [\d,.]+ GiB"),
     ("complete on the Swiss roll", cli("evaluate.py", ck("run/checkpoints/last.ckpt"), "task=complete"), 2,
-     r"task=complete needs sequence data .* swiss_roll is points2d data"),
+     r"task=complete needs 0/1 sequence data .* swiss_roll is points2d data"),
     ("evaluate on devices=-1", cli("evaluate.py", ck("run/checkpoints/last.ckpt"), "devices=-1", "accelerator=cpu"), 2,
-     r"devices=-1 is invalid: it must be >= 1"),
+     r"devices=-1 is invalid: it must be an integer >= 1"),
     ("report on a missing directory", lambda w, mp: report([str(w / "nosuchdir")]), 2, r"error: .*nosuchdir"),
     ("report on an empty directory", lambda w, mp: report([str((w / "empty").mkdir() or w / "empty")]), 2,
      r"error: .*empty"),
@@ -215,7 +215,7 @@ def test_a_checkpoint_never_chooses_to_download_or_write_a_cache(ws, monkeypatch
     assert cli_in_process("evaluate.py", [*EVAL, f"ckpt_path={ws / 'leaves_elsewhere.ckpt'}", "limit=8",
                                           f"hydra.run.dir={out}"], monkeypatch) == 0
     said = capsys.readouterr().out
-    assert f"data: data_dir={ws / 'elsewhere'} (the checkpoint’s; data_dir=DIR to change)" in said
+    assert f"data: DeadLeavesDataModule read from data_dir={ws / 'elsewhere'} (the checkpoint’s; data_dir=... to change)" in said
     assert "cache=false (the checkpoint had true; cache=true to allow)" in said
     assert not (ws / "elsewhere").exists() and (out / "eval.json").is_file()
 

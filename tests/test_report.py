@@ -162,3 +162,36 @@ def test_a_sweep_job_refused_at_start_is_a_failed_row(tmp_path):
     row = read_run(run, tmp_path)
     assert row["status"] == "failed" and "optimizer.lr=-1 is invalid" in row["note"]
     assert row["overrides"] == {"optimizer.lr": "-1"}
+
+
+def test_damaged_metrics_a_link_loop_and_an_unreadable_eval_json_leave_the_report_right(sweep, tmp_path):
+    """A metrics.csv that is not CSV text is named in its run's row and the rest reported; a link back up the tree
+    counts no run twice; a run whose eval.json cannot be read is `unreadable`, not complete, and its validation K
+    stays out of the group means."""
+    for i in range(4):
+        shutil.copytree(sweep / str(i), tmp_path / "s" / str(i))
+    (tmp_path / "s" / "2" / "logs" / "metrics.csv").write_bytes(b"step,val/K\n\xff\xfe\x00garbage,1.0\n")
+    (tmp_path / "s" / "0" / "eval" / "eval.json").unlink()
+    (tmp_path / "s" / "0" / "eval.json").write_text('{"K": ')  # cut short
+    (tmp_path / "s" / "loop").symlink_to(tmp_path / "s")  # a link loop: s/loop/loop/... is s again
+    result = report([tmp_path / "s"])
+    rows = {r["run"]: r for r in result["rows"]}
+    assert sorted(rows) == ["0", "1", "2", "3"]  # each run once
+    assert "logs/metrics.csv unreadable (UnicodeDecodeError" in rows["2"]["note"]
+    assert rows["2"]["status"] == "incomplete"  # its steps cannot be read, and nothing else says it finished
+    assert rows["0"]["status"] == "unreadable" and "eval.json unreadable" in rows["0"]["K_from"]
+    md = result["files"]["md"].read_text()
+    K1, K3 = rows["1"]["K"], rows["3"]["K"]
+    assert f"| schedule.learned=false | 1 | {K1:.3f} |" in md  # run 0's validation K is not averaged in
+    assert "4 runs: 2 complete, 1 incomplete, 0 failed, 1 unreadable." in md
+
+
+def test_report_rows_carry_the_provenance_of_their_eval_json(sweep):
+    rows = {r["run"]: r for r in report([sweep])["rows"]}
+    p = json.loads((sweep / "0" / "eval" / "eval.json").read_text())["provenance"]
+    assert rows["0"]["checkpoint_sha256"] == p["checkpoint"]["sha256"] and rows["0"]["weights"] == "raw"
+    assert rows["0"]["checkpoint_step"] == 4 and rows["0"]["data"] == p["data"]["version"]
+    assert rows["0"]["command"] == p["command"] and rows["0"]["dpm"] == p["dpm"]
+    with open(sweep / "report.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    assert first["checkpoint_sha256"] == p["checkpoint"]["sha256"] and first["torch"] == p["torch"]

@@ -162,7 +162,8 @@ def test_complete_by_smc_is_seeded(heartbeat, tmp_path):
                           np.load(tmp_path / "b" / "complete.npz")["particles"])
 
 
-def test_smc_progress_shows_the_ess_and_the_resamplings(heartbeat, tmp_path, capsys):
+def test_smc_progress_shows_the_ess_and_the_resamplings(heartbeat, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dpm.io.progress.QUIET_S", 0.0)  # lines from the start, though this work is short
     run_task("complete", heartbeat, tmp_path, "complete.n=10", "complete.particles=3", "progress=true")
     out = capsys.readouterr().out
     assert "complete (SMC): 100%" in out and "ESS=" in out and "resampled=" in out
@@ -210,17 +211,17 @@ def test_parzen(digits, tmp_path):
 # ---- bad settings fail before any sampling, naming the key ---------------------------------------------
 BAD = [
     ("inpaint", "digits", ["inpaint.mask=nosuchmask"], "inpaint.mask='nosuchmask' is neither one of"),
-    ("inpaint", "digits", ["inpaint.fraction=0"], r"inpaint.fraction=0 is invalid: must be in \(0, 1\]"),
+    ("inpaint", "digits", ["inpaint.fraction=0"], r"inpaint.fraction=0 is invalid: it must be a finite number > 0 and <= 1"),
     ("inpaint", "heartbeat", [], "task=inpaint needs image data"),
-    ("denoise", "digits", ["denoise.sigma_d=0"], "denoise.sigma_d=0 is invalid: must be a finite number > 0"),
+    ("denoise", "digits", ["denoise.sigma_d=0"], "denoise.sigma_d=0 is invalid: it must be a finite number > 0"),
     ("denoise", "digits", ["denoise.sigma_d=-1.0"], "denoise.sigma_d=-1.0 is invalid"),
     ("denoise", "digits", ["denoise.start=middle"], r"denoise.start='middle' is unknown; valid choices: \['observed'"),
     ("denoise", "digits", ["denoise.n=100000"], "denoise.n=100000 is more than the 400 examples of the test split"),
     ("denoise", "heartbeat", [], "task=denoise needs gaussian diffusion"),
-    ("complete", "heartbeat", ["complete.k=0"], r"complete.k=0 is invalid: .* in 1..20"),
-    ("complete", "heartbeat", ["complete.k=21"], r"complete.k=21 is invalid: .* in 1..20"),
-    ("complete", "digits", [], "task=complete needs sequence data"),
-    ("complete", "swiss_roll", [], "task=complete needs sequence data .* swiss_roll is points2d data"),
+    ("complete", "heartbeat", ["complete.k=0"], r"complete.k=0 is invalid: it must be an integer >= 1 and <= 20"),
+    ("complete", "heartbeat", ["complete.k=21"], r"complete.k=21 is invalid: it must be an integer <= 20"),
+    ("complete", "digits", [], "task=complete needs 0/1 sequence data"),
+    ("complete", "swiss_roll", [], "task=complete needs 0/1 sequence data .* swiss_roll is points2d data"),
     ("constrain", "swiss_roll", ["constrain.width=0"], "constrain.width=0 is invalid"),
     ("constrain", "swiss_roll", ["constrain.normal=[0,0]"], "constrain.normal=.* not both 0"),
     ("constrain", "digits", [], "task=constrain needs 2-D points"),
@@ -228,11 +229,11 @@ BAD = [
     ("parzen", "heartbeat", [], "task=parzen needs image data"),
     ("parzen", "digits", ["parzen.sigma_logspace=[-1,0]"], r"parzen.sigma_logspace=\[-1, 0\] is invalid"),
     ("inpaint", "digits", ["r_over_t=sometimes"], r"r_over_t='sometimes' is unknown; valid choices"),
-    ("inpaint", "digits", ["inpaint.particles=0"], "inpaint.particles=0 is invalid: must be a positive integer"),
+    ("inpaint", "digits", ["inpaint.particles=0"], "inpaint.particles=0 is invalid: it must be an integer >= 1"),
     ("inpaint", "digits", ["inpaint.particles=4", "r_over_t=diffused"],
      "r_over_t=diffused does not combine with inpaint.particles=4: SMC"),
     ("complete", "heartbeat", ["complete.particles=0", "complete.n=20"],
-     "complete.particles=0 is invalid: must be a positive integer"),
+     "complete.particles=0 is invalid: it must be an integer >= 1"),
     ("complete", "heartbeat", ["complete.particles=2.5", "complete.n=20"], "complete.particles=2.5 is invalid"),
     ("complete", "heartbeat", ["r_over_t=tempered", "complete.n=20"],  # particles: 32 by default
      "r_over_t=tempered does not combine with complete.particles=32"),
@@ -275,3 +276,29 @@ def test_evaluate_dispatches_the_tasks(tmp_path):
     ev.task = "parzen"
     with pytest.raises(ValueError, match="task=parzen needs image data"):
         evaluate(ev, tmp_path / "eval2")
+
+
+def test_complete_takes_a_users_own_0_1_sequences(tmp_path):
+    """What the data module says its data are (0/1 sequences from an array file) decides, not the class's figure."""
+    from tests.helpers import save_untrained
+
+    np.save(tmp_path / "bits.npy", (np.random.default_rng(0).random((120, 10)) < 0.3).astype(np.uint8))
+    ckpt = save_untrained(tmp_path / "bits.ckpt", ["dataset=array", f"dataset.path={tmp_path / 'bits.npy'}",
+                                                   "diffusion=binomial", "schedule=binomial", "T=6"])
+    ev = compose([f"ckpt_path={ckpt}", "task=complete", "complete.n=5", "complete.k=3", "complete.particles=1",
+                  "progress=false"], config_name="evaluate")
+    result = evaluate(ev, tmp_path / "out")
+    assert result["task"] == "complete" and result["known_bins_exact"] is True and result["n_examples"] == 5
+
+
+def test_parzen_refuses_continuous_images_before_drawing_a_sample(tmp_path):
+    from dpm.errors import ConfigError
+    from tests.helpers import save_untrained
+
+    np.save(tmp_path / "im.npy", np.random.default_rng(0).random((60, 6, 6)))  # no n_levels: continuous values
+    ckpt = save_untrained(tmp_path / "im.ckpt", ["dataset=array", f"dataset.path={tmp_path / 'im.npy'}",
+                                                 "net=conv_mnist", "net.n_hidden_dense_lower=8", "T=6"])
+    ev = compose([f"ckpt_path={ckpt}", "task=parzen", "progress=false"], config_name="evaluate")
+    with pytest.raises((ValueError, ConfigError), match=r"task=parzen needs images on a grid of grey levels"):
+        evaluate(ev, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -35,9 +35,12 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     # first prepares, the others find the files there.
     key = hashlib.sha1(json.dumps(OmegaConf.to_container(cfg.dataset, resolve=True), sort_keys=True,
                                   default=str).encode()).hexdigest()[:16]
-    with FileLock(Path(tempfile.gettempdir()) / f"dpm-prepare-{key}.lock"):
-        dm.prepare_data()
-    dm.setup()
+    try:
+        with FileLock(Path(tempfile.gettempdir()) / f"dpm-prepare-{key}.lock"):
+            dm.prepare_data()
+        dm.setup()
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:  # the data's files or settings
+        raise ConfigError(str(err)) from None  # (their messages name the file or key); anything else is a failure
     check_splits(dm)
     cfg = with_fitted_prior(cfg, dm)
     schedule = _build("schedule", cfg.schedule, T=cfg.T)

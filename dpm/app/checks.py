@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from typing import Any, Callable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dpm.app.trust import how_to_trust, is_trusted, trusted_packages
 from dpm.errors import ConfigError
+from dpm.ranges import integer_problem, real_problem
 
 
 # ---- what a config (or a checkpoint's config) may instantiate ------------------------------------------------
@@ -216,32 +216,14 @@ def check_keys(cfg: DictConfig, nodes: tuple[str, ...] = ("dataset", "diffusion"
 
 # ---- numeric ranges ----------------------------------------------------------------------------------------------
 def _int(lo: int | None = None, hi: int | None = None, allow: tuple = ()) -> Callable[[Any], str | None]:
-    def rule(v: Any) -> str | None:
-        if v in allow:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int):
-            return "must be an integer"
-        if lo is not None and v < lo:
-            return f"must be >= {lo}"
-        if hi is not None and v > hi:
-            return f"must be <= {hi}"
-        return None
-    return rule
+    """The rule of an integer setting in [lo, hi] (dpm.ranges.integer_problem: the one rule of counts)."""
+    return lambda v: None if (v in allow and not isinstance(v, bool)) else integer_problem(v, lo, hi)
 
 
 def _real(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
           allow: tuple = ()) -> Callable[[Any], str | None]:
-    def rule(v: Any) -> str | None:
-        if v in allow:
-            return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            return "must be a finite number"
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            return f"must be {'>' if lo_open else '>='} {lo}"
-        if hi is not None and (v >= hi if hi_open else v > hi):
-            return f"must be {'<' if hi_open else '<='} {hi}"
-        return None
-    return rule
+    """The rule of a real setting in the interval (dpm.ranges.real_problem)."""
+    return lambda v: None if (v in allow and not isinstance(v, bool)) else real_problem(v, lo, hi, lo_open, hi_open)
 
 
 PROB = _real(0, 1, lo_open=True, hi_open=True)
@@ -300,7 +282,7 @@ def check_ranges(cfg: DictConfig, rules: dict[str, Callable[[Any], str | None]])
             continue
         problem = rule(value)
         if problem:
-            raise ConfigError(f"{key}={value!r} is invalid: it {problem}.")
+            raise ConfigError(f"{key}={value!r} is invalid: it {problem}")
     if (beta_1 := OmegaConf.select(cfg, "schedule.beta_1")) is not None and beta_1 >= 0.5:
         raise ConfigError(f"schedule.beta_1={beta_1} is invalid: the first step's variance fixes the last reverse "
                           "step p(x0|x1); at >= 0.5 it erases most of the data and nothing can be learned. Use a "

@@ -2,9 +2,10 @@
 (one paragraph, no traceback unless HYDRA_FULL_ERROR=1), exit codes a scheduler can trust, and a last word
 saying where the results are.
 
-Exit codes: 0 success; 1 a run that failed (no optimizer step, non-finite stop); 2 a setting, file or
-checkpoint that cannot be used (nothing was written), Hydra's own composition errors included (an unknown group
-option or key, a malformed override: run_app); 130 SIGINT; 143 SIGTERM.
+Exit codes: 0 success; 1 a run that failed (no optimizer step, non-finite stop, out of memory, an error in the
+code: its traceback); 2 a setting, file or checkpoint that cannot be used (a dpm.errors.ConfigError, raised before
+anything is written), Hydra's own composition errors included (an unknown group option or key, a malformed
+override: run_app); 130 SIGINT; 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from pathlib import Path
 from typing import Callable
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from dpm.app.compose import config_dir
 from dpm.app.hydra_guard import install as guard_hydra
 from dpm.app.lines import quiet_library_noise
 from dpm.app.rundir import CLAIM_FILE, global_rank_from_env, note_start, release, uncreatable, update_link
+from dpm.errors import ConfigError
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_SIGINT, EXIT_SIGTERM = 1, 2, 130, 143
 _entered = False  # set once Hydra has called the task function (main below)
@@ -48,12 +51,44 @@ def run_app(app: Callable[[], object]) -> None:
         if problem:
             _fail(EXIT_CONFIG, f"{key.lstrip('+')}={value} cannot be used: {problem}; choose a writable directory")
         note_start(value)  # what it holds now is never removed by a refusal (dpm.app.rundir.release)
+    # Hydra prints its own errors (and a sweep job's) with its search path and a hint, unless HYDRA_FULL_ERROR is
+    # set, when it raises them instead: so it is set, and the user's own wish kept for the tracebacks they ask for
+    os.environ.setdefault(USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", ""))
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         app()
     except SystemExit as exit_:
         if exit_.code == EXIT_FAILED and not _entered:
             sys.exit(EXIT_CONFIG)
         raise
+    except Exception as err:
+        if full_error_requested():
+            raise
+        if isinstance(err, ConfigError):  # a sweep's job refused for a setting (the job printed its line)
+            _fail(EXIT_CONFIG, f"a job of the sweep was refused ({str(err).splitlines()[0][:300]}); the other jobs ran")
+        if not _entered and isinstance(err, (HydraException, OmegaConfBaseException)):  # composing the config
+            _fail(EXIT_CONFIG, hydra_error(err))
+        raise  # a failure in the code: its traceback, exit 1
+
+
+USER_FULL_ERROR = "DPM_USER_HYDRA_FULL_ERROR"  # the user's HYDRA_FULL_ERROR, kept while run_app sets its own
+
+
+def full_error_requested() -> bool:
+    """The user asked for full tracebacks (HYDRA_FULL_ERROR=1 on their command line)."""
+    return os.environ.get(USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
+
+
+def hydra_error(err: BaseException) -> str:
+    """One line for an error Hydra raised while composing the config: for an unknown option of a config group, the
+    group's options; else Hydra's message (and its cause's) on one line, without the config search path."""
+    if isinstance(err, MissingConfigException) and err.options and "/" in str(err.missing_cfg_file):
+        group, option = str(err.missing_cfg_file).rsplit("/", 1)
+        return f"{group}={option} is not an option of the config group {group}; valid choices: {sorted(err.options)}"
+    text = str(err).split("\nConfig search path:")[0]
+    if isinstance(err.__cause__, OmegaConfBaseException):
+        text += "\n" + str(err.__cause__)
+    return "; ".join(line.strip().rstrip(".") for line in text.splitlines() if line.strip())
 
 
 RUN_DIR_KEYS = ("hydra.run.dir", "hydra.sweep.dir")
@@ -81,20 +116,14 @@ def ddp_child_argv(argv: list[str], env: dict) -> list[str]:
     return [argv[0], *json.loads(job), *(a for a in argv[1:] if a.startswith(LIGHTNING_CHILD_ARGS))]
 
 
-def _message(err: BaseException) -> str:
-    """The user's error: a constructor's own message rather than Hydra's wrapper around it."""
-    if isinstance(err, InstantiationException) and err.__cause__ is not None:
-        return _message(err.__cause__)
-    return str(err)
-
-
 def _fail(code: int, message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
-class Terminated(Exception):
-    """SIGTERM during evaluate (which has no Lightning signal handling of its own); exit 143."""
+class Terminated(BaseException):
+    """SIGTERM during evaluate (which has no Lightning signal handling of its own); exit 143. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` on the way (a user's task) takes it for an error."""
 
 
 def _raise_terminated(signum, frame) -> None:
@@ -112,7 +141,7 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
     os.environ[JOB_OVERRIDES_ENV] = json.dumps(list(HydraConfig.get().overrides.task))  # for DDP children
     record["config.yaml"] = OmegaConf.to_yaml(cfg)
     # In a sweep, a job's error goes to Hydra (which records the job as failed and goes on with the sweep)
-    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1" or str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+    full_error = full_error_requested() or str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
     multirun = str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
     if name == "evaluate":  # evaluate has no Lightning signal handling: SIGTERM stops it here (143)
         signal.signal(signal.SIGTERM, _raise_terminated)
@@ -131,11 +160,13 @@ def main(command: Callable[..., dict], cfg: DictConfig, name: str) -> dict | Non
         code, signame = (EXIT_SIGTERM, "SIGTERM") if isinstance(err, Terminated) else (EXIT_SIGINT, "SIGINT")
         _fail(code, f"{name} stopped by {signame} before it wrote its results{nothing_kept()}"
               if name == "evaluate" else f"{name} stopped by {signame}")
-    except (ValueError, FileNotFoundError, NotADirectoryError, InstantiationException) as err:
+    except ConfigError as err:  # only a setting, file or checkpoint that cannot be used exits 2
         kept = nothing_kept()
+        if multirun:
+            print(f"error: {err}{kept}", file=sys.stderr, flush=True)  # the job's line; Hydra records its failure
         if full_error:
             raise
-        _fail(EXIT_CONFIG, _message(err) + kept)
+        _fail(EXIT_CONFIG, str(err) + kept)
     except RunFailed as err:
         if full_error:
             raise
@@ -159,8 +190,11 @@ def report(name: str, cfg: DictConfig, out_dir: Path, result: dict) -> None:
         ckpt = result.get("checkpoint")
         lines += [f"run directory: {out_dir}", f"checkpoint:    {ckpt}"]
         if "eval" in result:
-            lines.append(f"test bound:    {result['eval']} (K = {result['test/K']:.4f} ± {result['test/K_stderr']:.4f})")
-        lines.append(f"next:          python evaluate.py ckpt_path={ckpt}")
+            lines.append(f"test bound:    {result['eval']} (K = {result['test/K']:.4f} ± {result['test/K_stderr']:.4f}, "
+                         f"{result['test/estimator']} estimator)")
+        trust = list(cfg.get("trust") or [])  # the command that reads this checkpoint must trust them again
+        lines.append(f"next:          python evaluate.py ckpt_path={ckpt}"
+                     + (f" trust=[{','.join(trust)}]" if trust else ""))
     else:
         written = sorted(str(p) for p in out_dir.rglob("*") if p.is_file() and ".hydra" not in p.parts
                          and p.suffix != ".log" and p.name != CLAIM_FILE)

@@ -35,3 +35,26 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
                                  return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()
+
+
+EVALUATE_GROUPS = ("task",)  # config groups that only evaluate.py reads (conf/ holds both commands' groups)
+
+
+def help_groups(command: str) -> str:
+    """The config groups of one command with their options, as Hydra's --help lists them ("group: a, b, c" lines):
+    train.py's are every group but evaluate.py's (EVALUATE_GROUPS), evaluate.py's are those. Read from Hydra's own
+    search path while it runs (a user's hydra.searchpath included), else from conf/. conf/hydra/*.yaml use it as
+    ${dpm_help_groups:train|evaluate} in their help template."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
+
+    def wanted(group: str) -> bool:
+        top = group.split("/")[0]
+        return top != "hydra" and (top in EVALUATE_GROUPS) == (command == "evaluate")
+
+    if GlobalHydra.instance().is_initialized():
+        loader = GlobalHydra.instance().config_loader()
+        options = {g: loader.get_group_options(g, ObjectType.CONFIG) for g in loader.list_groups("")}
+    else:
+        options = {d.name: [f.stem for f in d.glob("*.yaml")] for d in config_dir().iterdir() if d.is_dir()}
+    return "\n".join(f"{g}: {', '.join(sorted(o))}" for g, o in sorted(options.items()) if o and wanted(g))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -11,12 +14,14 @@ from dpm.app.build import restore
 from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
 from dpm.app.reported import CKPT_CHOICES, best_of_run
+from dpm.app.resume import location_keys
 from dpm.app.rundir import claimed_for, global_rank_from_env, write_hydra_record
 from dpm.app.trainer import check_slurm_layout, processes_cleaned_up
 from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
 from dpm.data.base import SPLITS
-from dpm.errors import ConfigError
+from dpm.errors import ConfigError, RunFailed, is_out_of_memory
 from dpm.tasks import TASKS, Task
+from dpm.tasks.provenance import changed_data_note, checkpoint_record
 
 
 def check_eval_config(cfg: DictConfig) -> None:
@@ -33,6 +38,9 @@ def check_eval_config(cfg: DictConfig) -> None:
                           "weights the run reports, its best validation checkpoint with test_weights=best; given: "
                           "the file ckpt_path names)")
     check_ranges(cfg, EVAL_RULES)
+    if cfg.get("dataset") is not None:
+        raise ConfigError("evaluate.py takes the data set and its settings from the checkpoint; dataset.* cannot be "
+                          f"set here. Data that moved: {'=, '.join(LOCATIONS)}= (the data set's own location key)")
 
 
 def eval_device(name: str) -> torch.device:
@@ -77,28 +85,45 @@ def fabric_for_devices(cfg: DictConfig):
     return fabric
 
 
-DATA_CHOICES = ("data_dir", "download", "cache")  # where the data live and whether to fetch or write them
+LOCATIONS = ("data_dir", "path", "folder", "file")  # where a data set's files are (its location_keys)
+FETCHES = ("download", "cache")  # whether evaluate may fetch missing files or write a generated set's cache
 
 
 def data_choices(run_config: dict, cfg: DictConfig) -> str:
-    """Set the checkpoint's dataset node's data_dir, download and cache (in place) from the command line: the
-    checkpoint's data_dir is only a default (evaluate.py data_dir=DIR replaces it), and it never downloads or writes
-    a cache unless the command line asks (download=true, cache=true), whatever the checkpoint says. Returns the
-    line that says what was chosen."""
+    """Set the checkpoint's dataset node's location keys (data_dir, path, folder, file: those its data set names in
+    location_keys), download and cache (in place) from the command line: the checkpoint's locations are only
+    defaults (evaluate.py path=FILE replaces dataset.path, the data having moved), and it never downloads or writes
+    a cache unless the command line asks (download=true, cache=true), whatever the checkpoint says. A key the data
+    set does not take is refused. Returns the line that says what is read."""
     dataset = run_config.get("dataset", {})
+    name = str(dataset.get("_target_", "?")).rsplit(".", 1)[-1]
+    where = [key for key in (k.removeprefix("dataset.") for k in location_keys(run_config))
+             if key in LOCATIONS and key in dataset]
+    given = {key: cfg.get(key) for key in LOCATIONS if cfg.get(key) is not None}
+    for key, value in given.items():
+        if key not in where:
+            reads = (f"its files are set by {', '.join(f'{k}=' for k in where)}" if where
+                     else "it is generated or ships with a package, so no file is read")
+            raise ConfigError(f"{key}={value} does not apply to this checkpoint's data ({name}): {reads}")
+    for key in FETCHES:
+        if cfg.get(key) and key not in dataset:
+            raise ConfigError(f"{key}=true does not apply to this checkpoint's data ({name}): nothing is downloaded "
+                              "or cached for it")
     parts = []
-    if "data_dir" in dataset:
-        given = cfg.get("data_dir")
-        if given is not None:
-            dataset["data_dir"] = str(given)
-        parts.append(f"data_dir={dataset['data_dir']} ({'given' if given is not None else 'the checkpoint’s; data_dir=DIR to change'})")
-    for key in ("download", "cache"):
+    for key in where:
+        if key in given:
+            dataset[key] = str(given[key])
+        value = dataset[key] if dataset[key] is not None else "null (the copy that ships with its package)"
+        parts.append(f"{key}={value} ({'given' if key in given else f'the checkpoint’s; {key}=... to change'})")
+    for key in FETCHES:
         if key in dataset:
             checkpoint_value, dataset[key] = dataset[key], bool(cfg.get(key, False))
             parts.append(f"{key}={str(dataset[key]).lower()}" + (
                 f" (the checkpoint had {str(checkpoint_value).lower()}; {key}=true to allow)"
                 if bool(checkpoint_value) and not dataset[key] else ""))
-    return f"data: {', '.join(parts)}" if parts else "data: generated or bundled (nothing read from or written to disk)"
+    if not where:
+        return f"data: {name}, generated or shipped with a package (no file of yours is read; nothing is written)"
+    return f"data: {name} read from {', '.join(parts)}"
 
 
 def stop_launched(fabric, wait_s: float = 30.0) -> None:
@@ -132,22 +157,31 @@ def evaluate(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] 
     ckpt, ckpt_path, chosen = choose_checkpoint(cfg, ckpt, trusted)
     print(data_choices(ckpt["dpm_config"], cfg), flush=True)
     dm, module, weights = restore(ckpt, cfg.weights, trusted)
+    module.origin = checkpoint_record(ckpt_path, ckpt.get("global_step"), weights)
+    note = changed_data_note(dm)
+    if note:
+        print(note, flush=True)
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.weights = weights  # the weights loaded (auto resolved), as the results record them
         cfg.ckpt_path, cfg.weights_chosen = str(ckpt_path), chosen
-    settings = task.check(cfg, dm, module.diffusion)
+    try:
+        settings = task.check(cfg, dm, module.diffusion)
+    except ValueError as err:  # a task's check refuses a setting (every check runs before anything is written)
+        raise ConfigError(str(err)) from None
     rank0 = global_rank_from_env() == 0  # processes Fabric starts later write nothing of their own
     with claimed_for(out_dir, "evaluation", rank0):
         if rank0 and hydra_record:
             write_hydra_record(out_dir, hydra_record)
         if fabric is None:
-            return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
+            with memory_named(cfg, settings):
+                return task.run(module.to(device).eval(), dm, cfg, out_dir, device, settings)
         with processes_cleaned_up():
             fabric.launch()
             try:
-                return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
-                                fabric=fabric)
+                with memory_named(cfg, settings):
+                    return task.run(module.to(fabric.device).eval(), dm, cfg, out_dir, fabric.device, settings,
+                                    fabric=fabric)
             except BaseException:  # SIGTERM, Ctrl-C or an error on rank 0: the processes it started stop too
                 stop_launched(fabric)
                 raise
@@ -170,6 +204,22 @@ def choose_checkpoint(cfg: DictConfig, ckpt: dict, trusted: tuple[str, ...]) -> 
     return ckpt, path, chosen
 
 
+@contextmanager
+def memory_named(cfg: DictConfig, settings: dict) -> Iterator[None]:
+    """Memory that runs out inside a task becomes one message (exit 1) naming the task and the settings that size
+    its memory, instead of a traceback."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        sizes = [f"batch_size={cfg.batch_size}"] + [f"{cfg.task}.{k}={v}" for k, v in settings.items()
+                                                    if k in ("particles", "n", "n_samples")]
+        raise RunFailed(f"task={cfg.task} ran out of memory ({type(err).__name__}: {first}); lower what sizes it: "
+                        f"{', '.join(sizes)}") from None
+
+
 OWN = "own"  # task=own own.module=mypkg.mytask trust=[mypkg] (conf/task/own.yaml)
 
 
@@ -183,7 +233,13 @@ def own_task(cfg: DictConfig) -> Task:
     run = trusted_task(name, trusted_packages(cfg))
 
     def run_checked(module, dm, cfg, out_dir, device, settings) -> dict:
-        result = run(module, dm, cfg, out_dir, device)
+        try:
+            result = run(module, dm, cfg, out_dir, device)
+        except ConfigError as err:  # the task refused one of its own settings: exit 2, named
+            raise ConfigError(f"own.module={name!r}: {err}") from None
+        except Exception as err:  # a failure inside the user's code: its traceback, then one line naming it
+            traceback.print_exc()
+            raise RunFailed(f"own.module={name!r} failed: {type(err).__name__}: {err} (its traceback is above)") from None
         if not isinstance(result, dict):
             raise ConfigError(f"own.module={name!r} breaks the task contract: {TASK_SIGNATURE}, but its run "
                               f"returned a {type(result).__name__}")

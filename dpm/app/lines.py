@@ -1,6 +1,7 @@
-"""Training progress as plain lines, for a log file (SLURM, CI, `python train.py > log 2>&1`): a terminal gets
-Lightning's redrawn bar, a file gets one line every `every_s` seconds and one per validation, through Lightning's
-own progress-bar hooks; and the library messages a user cannot act on are filtered where they are raised."""
+"""Training progress: on a terminal one bar over the whole run (step k of max_steps, StepBar), in a log file (SLURM,
+CI, `python train.py > log 2>&1`) one line every `every_s` seconds and one per validation (LineProgress), both
+through Lightning's own progress-bar hooks; and the library messages a user cannot act on are filtered where they
+are raised."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 import warnings
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from tqdm import tqdm
 
 from dpm.io.progress import format_duration
 
@@ -91,3 +93,51 @@ class LineProgress(ProgressBar):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._print(trainer, self.line(trainer, pl_module) + " (end of training)")
+
+
+class StepBar(TQDMProgressBar):
+    """Lightning's terminal bar over the whole run: `training: step k of max_steps`, not the batches of each epoch
+    (an epoch of a small data set is a few steps), redrawn every `refresh_rate` steps; validation's bar shows below
+    it while it runs. Warnings raised meanwhile are written above the bar instead of into it."""
+
+    def __init__(self, refresh_rate: int = 10) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self._showwarning = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None)
+        bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
+        bar.set_description("training (steps)")
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: tqdm.write(
+            warnings.formatwarning(message, category, filename, lineno, line).rstrip(), file=sys.stderr)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_) -> None:
+        pass  # one bar for the whole run: nothing to reset at an epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar, step = self.train_progress_bar, trainer.global_step
+        if bar is not None and not bar.disable and self._should_update(step, bar.total):
+            bar.n = step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            bar.refresh()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pass  # the bar spans the epochs (its postfix is set at each redraw)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and not bar.disable:
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+        super().on_train_end(trainer, pl_module)
+        self._restore_warnings()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_warnings()
+
+    def _restore_warnings(self) -> None:
+        if self._showwarning is not None:
+            warnings.showwarning, self._showwarning = self._showwarning, None

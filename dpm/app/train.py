@@ -27,11 +27,14 @@ from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, re
 from dpm.app.slurm import restarts, slurm_job_id
 from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.app.trust import trusted_packages
+from dpm.app.wandb_offline import offline_without_credentials
 from dpm.data.base import DataModule
-from dpm.errors import Interrupted, RunFailed
+from dpm.errors import Interrupted, RunFailed, is_out_of_memory
 from dpm.io.files import write_text
+from dpm.io.progress import StopRequested
 from dpm.model.module import DiffusionModule, NonFiniteStop
 from dpm.tasks.bound import bound_over_split, write_bound
+from dpm.tasks.provenance import checkpoint_record
 
 
 def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | None = None) -> dict:
@@ -48,6 +51,9 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
     if requeued and own.is_file():
         with open_dict(cfg):
             cfg.ckpt_path = str(own)
+    note = offline_without_credentials(cfg)  # before anything is built or written: the config records it
+    if note and global_rank_from_env() == 0:
+        print(note, file=sys.stderr, flush=True)
     ckpt_path = cfg.get("ckpt_path")
     changes, start_step = [], 0
     if ckpt_path is not None:
@@ -103,10 +109,12 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     ckpt_path = cfg.get("ckpt_path")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
+    except (SIGTERMException, StopRequested):  # between steps, or in a long loop (a figure) outside them
         if requeue is not None and requeue.signal is not None:  # SLURM: the time limit or a preemption is near
             raise requeue.interrupted(trainer, start_step, _checkpoint_note(out_dir, trainer)) from None
         raise Interrupted(143, _stopped_message("SIGTERM", out_dir, trainer)) from None
+    except MemoryError as err:
+        raise RunFailed(_out_of_memory(err, "training", cfg, out_dir, trainer)) from None
     except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
         if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
             raise Interrupted(130, _stopped_message("SIGINT", out_dir, trainer)) from None
@@ -114,6 +122,8 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     except NonFiniteStop as err:
         raise RunFailed(f"{err} {_last_checkpoint_note(out_dir)}") from None
     except RuntimeError as err:  # on another rank (DDP): rank 0 ended (a SIGTERM, an error) mid-collective
+        if is_out_of_memory(err):
+            raise RunFailed(_out_of_memory(err, "training", cfg, out_dir, trainer)) from None
         if trainer.is_global_zero or trainer.world_size == 1:
             raise
         why = f"rank 0 ended in the middle of a step ({str(err).strip().splitlines()[0][:160]})"
@@ -129,8 +139,19 @@ def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     paths = {"run_dir": str(out_dir), "checkpoint": str(out_dir / "checkpoints" / "last.ckpt")}
     if cfg.get("test_at_end", True) and trainer.is_global_zero:
-        result = test_at_end(cfg, module, dm, out_dir)
+        try:
+            result = test_at_end(cfg, module, dm, out_dir)
+        except StopRequested:
+            last = out_dir / "checkpoints" / "last.ckpt"
+            raise Interrupted(143, f"stopped by SIGTERM during the test bound after training; {last} holds the "
+                                   f"final step {trainer.global_step}: python evaluate.py ckpt_path={last} gives "
+                                   "the bound") from None
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise RunFailed(_out_of_memory(err, "the test bound after training", cfg, out_dir, trainer)) from None
         metrics.update({"test/K": result["K"], "test/K_stderr": result["K_stderr"]})
+        paths["test/estimator"] = result["estimator"]  # exact, or mc above test_exact_max_T (the last lines say)
         for logger in trainer.loggers:
             logger.log_metrics({"test/K": result["K"], "test/K_minus_L_null": result["K_minus_L_null"]},
                                step=trainer.global_step)
@@ -150,6 +171,7 @@ def test_at_end(cfg: DictConfig, module: DiffusionModule, dm: DataModule, out_di
     chosen = load_reported_weights(cfg.get("test_weights", "last"), module.trainer, module,
                                    out_dir / "checkpoints" / "last.ckpt")
     module.eval()
+    module.origin = checkpoint_record(chosen["checkpoint"], chosen["weights_step"], weights)
     result = bound_over_split(module, dm, split="test", estimator=estimator, n_t=min(cfg.get("test_n_t", 64), T - 1),
                               batch_size=dm.eval_batch_size, seed=cfg.get("seed") or 0, device=device,
                               progress=cfg.get("progress", True))
@@ -162,6 +184,15 @@ def _weights_kind(module: DiffusionModule) -> str:
     trainer = module._trainer
     uses_ema = trainer is not None and any(type(cb).__name__ == "EMAWeightAveraging" for cb in trainer.callbacks)
     return "ema" if uses_ema else "raw"
+
+
+def _out_of_memory(err: BaseException, during: str, cfg: DictConfig, out_dir: Path, trainer: L.Trainer) -> str:
+    """The one-paragraph message for memory that ran out: where, what asked for it, what to lower."""
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    lower = ("a smaller dataset.eval_batch_size (the examples per batch of the bound)" if "bound" in during else
+             "a smaller dataset.batch_size or a smaller network (net.*)")
+    return (f"out of memory in {during} at step {trainer.global_step} ({type(err).__name__}: {first}). Try {lower}; "
+            f"{_last_checkpoint_note(out_dir)}")
 
 
 def _last_checkpoint_note(out_dir: Path) -> str:

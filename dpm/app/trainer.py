@@ -13,11 +13,11 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
-from dpm.app.lines import LineProgress
+from dpm.app.lines import LineProgress, StepBar
 from dpm.app.slurm import srun_started
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
@@ -76,13 +76,13 @@ def _children(node: DictConfig | None) -> list:
 
 def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The configured callbacks, plus a progress display unless the config brings its own bar or turns it off
-    (trainer.enable_progress_bar=false): on a terminal Lightning's bar redrawn every `progress_bar_every` steps
-    (its default redraw at every step costs more than a small model's whole step); off a terminal (a log file)
+    (trainer.enable_progress_bar=false): on a terminal one bar of the run's steps redrawn every `progress_bar_every`
+    steps (dpm.app.lines.StepBar; a redraw at every step costs more than a small model's whole step); off a terminal (a log file)
     a plain line every `progress_lines_every_s` seconds (dpm.app.lines.LineProgress)."""
     callbacks = _children(cfg.get("callbacks"))
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         if sys.stderr.isatty():
-            callbacks.append(TQDMProgressBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
+            callbacks.append(StepBar(refresh_rate=int(cfg.get("progress_bar_every", 10))))
         else:
             callbacks.append(LineProgress(every_s=float(cfg.get("progress_lines_every_s", 15))))
     return callbacks

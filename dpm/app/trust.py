@@ -81,7 +81,7 @@ def trusted_task(name: str, packages: tuple[str, ...]) -> Callable[..., dict]:
         raise ConfigError(f"own.module={name!r} is not a module in a trusted package.{hint}")
     try:
         task = importlib.import_module(name)
-    except ImportError as err:
+    except Exception as err:  # ImportError, or the module's own SyntaxError or error at import: it cannot be used
         raise ConfigError(f"own.module={name!r} could not be imported ({type(err).__name__}: {err})") from None
     run = getattr(task, "run", None)
     try:

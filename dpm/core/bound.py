@@ -80,8 +80,10 @@ def kl_sum(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "e
            keys: Keys | None = None) -> torch.Tensor:
     """sum_{t=2..T} KL_t per example [N] (nats): term by term (`exact`) or by stratified Monte Carlo (`mc`).
 
-    on_terms(k) is told each time k more example-terms are done (N per t for `exact`, N * n_t for `mc`).
-    keys (one per example) make every draw keyed instead of drawn from `generator`.
+    on_terms(k) is told each time k more example-terms are done (N per t for `exact`, N per stratum for `mc`).
+    keys (one per example) make every draw keyed instead of drawn from `generator`. Either estimator puts one
+    term of every example through the network per call: memory is bounded by the batch x0 [N, *D], whatever T
+    and n_t are.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
@@ -96,12 +98,15 @@ def kl_sum(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "e
                 on_terms(n)
         return total
     t, w = stratified_t(n, T, n_t, generator, x0.device, keys)
-    # every stratum in one network call: the batch repeated n_t times
-    kl = diffusion.kl_term(net, x0.repeat(n_t, *([1] * (x0.dim() - 1))), t.flatten(), generator,
-                           None if keys is None else keys.repeat(n_t))
-    if on_terms is not None:
-        on_terms(n * n_t)
-    return (kl.view(n_t, n) * w[:, None]).sum(0)
+    # One stratum per network call, so that memory is that of one batch of N whatever n_t is. Keyed draws
+    # depend on (seed, index, NOISE, t) only, so each term is the one a single call over the batch repeated n_t
+    # times would give; a generator's stream is read stratum by stratum.
+    total = x0.new_zeros(n, dtype=torch.float32)
+    for k in range(n_t):
+        total = total + w[k] * diffusion.kl_term(net, x0, t[k], generator, keys)
+        if on_terms is not None:
+            on_terms(n)
+    return total
 
 
 def K_per_example(diffusion: Diffusion, net: Net, x0: torch.Tensor, estimator: str = "exact", n_t: int = 1,

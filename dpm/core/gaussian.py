@@ -47,6 +47,15 @@ class GaussianDiffusion(Diffusion):
             raise ValueError(f"diffusion.reverse_form={reverse_form!r} is unknown; valid choices: {list(REVERSE_FORMS)}")
         self.reverse_form = reverse_form
 
+    def check_data(self, x0: torch.Tensor) -> None:
+        """Sequences of 0 / 1 values [N, L] are refused: a Gaussian model of them puts density on two points, so its
+        bound grows without limit with training and is no likelihood of the sequences (binomial diffusion models
+        their probability)."""
+        if x0.dim() == 2 and bool(((x0 == 0) | (x0 == 1)).all()):
+            raise ValueError("the data are sequences of 0 / 1 values: model them with diffusion=binomial "
+                             "schedule=binomial (Gaussian diffusion would fit a density to two points, and its K in "
+                             "bits/seq would be no likelihood of the sequences)")
+
     def derive(self, beta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every coefficient below, float64 [T] from beta float64 [T] (ab = alpha_bar)."""
         ab = torch.cumprod(1.0 - beta, 0)

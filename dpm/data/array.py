@@ -23,10 +23,14 @@ import torch
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, carve_splits
 from dpm.errors import ConfigError
+from dpm.ranges import count
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt", ".pt")
 SCALINGS = ("column", "global", "whiten")  # how real vectors are scaled to unit variance (vector_scaling)
 SHAPES = "[N, D] vectors, [N, L] 0/1 sequences, [N, H, W] or [N, C, H, W] images"
+MAGIC = {".npy": (b"\x93NUMPY", "a NumPy array file", "numpy.save"),  # (first bytes, what has them, the writer)
+         ".npz": (b"PK", "a NumPy archive (a zip file)", "numpy.savez")}
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
 
 
 def require_path(path: str | None, what: str, how: str) -> Path:
@@ -44,6 +48,15 @@ def read_parts(path: Path) -> dict[str, np.ndarray]:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ConfigError(f"dataset.path={path}: unknown file type {suffix!r}; give one of {list(SUFFIXES)}")
+    if not path.is_file():  # a folder, or a FIFO / socket / device, which reading would wait on forever
+        what = "a folder (for a folder of images use dataset=folder)" if path.is_dir() else "not a regular file"
+        raise ConfigError(f"dataset.path={path} is {what}: give a file of numbers ({', '.join(SUFFIXES)})")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if suffix in MAGIC and not head.startswith(MAGIC[suffix][0]):
+        raise ConfigError(f"dataset.path={path} is not a {suffix} file (it does not start as {MAGIC[suffix][1]} "
+                          f"does; its first bytes are {head!r}): save it with {MAGIC[suffix][2]}, or give the file "
+                          "the suffix of what it holds")
     try:
         if suffix == ".npy":
             return {"train": np.load(path, allow_pickle=False)}
@@ -108,6 +121,11 @@ def check_values(path: Path, name: str, a: np.ndarray) -> np.ndarray:
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         raise ConfigError(f"{where} holds {int(bad.sum())} NaN or infinite values (the first at index {first}): "
                           "remove or replace them")
+    huge = np.abs(a) > FLOAT32_MAX
+    if huge.any():
+        first = tuple(int(i) for i in np.argwhere(huge)[0])
+        raise ConfigError(f"{where} holds {int(huge.sum())} values beyond float32's range (±{FLOAT32_MAX:.3g}; the "
+                          f"first, {a[first]:g}, at index {first}), in which the model computes: rescale the data")
     return a
 
 
@@ -169,10 +187,7 @@ class ArrayDataModule(ImageDataModule):
                          eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         self.path = require_path(path, f"a file: {', '.join(SUFFIXES)} holding {SHAPES}",
                                  "python train.py dataset=array dataset.path=FILE (.npy, .npz, .csv, .txt or .pt)")
-        if n_levels is not None and int(n_levels) < 2:
-            raise ConfigError(f"dataset.n_levels={n_levels} is invalid: give at least 2 levels, or null for "
-                              "continuous values")
-        self.n_levels = None if n_levels is None else int(n_levels)
+        self.n_levels = count("dataset.n_levels", n_levels, 2, allow=(None,), why=" (null: continuous values)")
         if scaling not in SCALINGS:
             raise ConfigError(f"dataset.scaling={scaling!r} is unknown; valid choices: {list(SCALINGS)} (column: each "
                               "coordinate to unit variance; global: one scalar for all, as the Swiss roll; whiten: "
@@ -187,12 +202,17 @@ class ArrayDataModule(ImageDataModule):
     def origin(self) -> str:
         return f"dataset.path={self.path}"
 
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        return [self.path], None
+
     # ---- reading and checking the file ------------------------------------------------------------------
     def load(self) -> dict[str, torch.Tensor]:
         """The raw splits [N, *D] float32, read and checked once."""
         if self._raw is not None:
             return self._raw
-        parts = {k: check_values(self.path, k, a) for k, a in read_parts(self.path).items()}
+        read = read_parts(self.path)
+        integers = all(a.dtype.kind in "biu" for a in read.values())  # before check_values makes them float64
+        parts = {k: check_values(self.path, k, a) for k, a in read.items()}
         shapes = {k: a.shape[1:] for k, a in parts.items()}
         if len(set(shapes.values())) > 1:
             raise ConfigError(f"dataset.path={self.path}: its arrays differ in example shape {shapes}; train, val "
@@ -201,10 +221,20 @@ class ArrayDataModule(ImageDataModule):
         if ndim == 3:  # [N, H, W]: one channel
             parts = {k: a[:, None] for k, a in parts.items()}
         if ndim >= 3:
+            if integers and self.n_levels is None:  # integer levels taken as continuous values: an unbounded K
+                top = int(max(a.max() for a in parts.values()))
+                raise ConfigError(f"dataset.path={self.path} holds images of integer values "
+                                  f"({read['train'].dtype}, 0..{top}) and dataset.n_levels is null: set "
+                                  f"dataset.n_levels={256 if top < 256 else top + 1} (their grey levels: dequantised "
+                                  "over one level, K a bound on the discrete likelihood), or save the images as "
+                                  "floats to model them as continuous values")
             self.data_kind, self.unit = "image", "bits/pixel"
             parts = {k: self._image_values(k, a) for k, a in parts.items()}
         else:
             binary = all(np.isin(a, (0.0, 1.0)).all() for a in parts.values())
+            if binary and np.ptp(parts["train"]) == 0:
+                raise ConfigError(f"dataset.path={self.path}: the training examples are all the same (every value "
+                                  f"{parts['train'].flat[0]:g}), so there is nothing to model")
             self.data_kind, self.unit = ("sequence", "bits/seq") if binary else ("vectors", "bits")
             if self.n_levels is not None:
                 raise ConfigError(f"dataset.n_levels={self.n_levels} applies to images; dataset.path={self.path} "

@@ -11,6 +11,7 @@ import torch
 
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, check_count
+from dpm.ranges import count, real
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".bmp", ".tif", ".tiff", ".gif", ".webp")
 SPLIT_BY = ("region", "image")
@@ -74,6 +75,7 @@ class BarkDataModule(ImageDataModule):
     """
 
     name = "bark"
+    data_package = "scikit-image"  # with no folder: its bundled textures
     location_keys = ("folder",)
     n_levels = 256
 
@@ -87,9 +89,9 @@ class BarkDataModule(ImageDataModule):
         super().__init__(**kwargs)
         if split_by not in SPLIT_BY:
             raise ValueError(f"dataset.split_by={split_by!r} is unknown; valid choices: {list(SPLIT_BY)}")
-        if int(patch_size) < 1:
-            raise ValueError(f"dataset.patch_size={patch_size} is invalid: must be a positive integer")
-        val_fraction, test_fraction = float(val_fraction), float(test_fraction)
+        patch_size = count("dataset.patch_size", patch_size, 1)
+        val_fraction = real("dataset.val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+        test_fraction = real("dataset.test_fraction", test_fraction, 0, 1, low_open=True, high_open=True)
         if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
             raise ValueError(f"dataset.val_fraction={val_fraction}, dataset.test_fraction={test_fraction} are "
                              "invalid: each must be > 0 and together < 1")
@@ -103,6 +105,12 @@ class BarkDataModule(ImageDataModule):
     @property
     def source(self) -> str:
         return str(self.folder / self.glob) if self.folder else "scikit-image " + ", ".join(DEFAULT_TEXTURES)
+
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        if self.folder is None:
+            return [], None
+        return sorted(p for p in self.folder.glob(self.glob) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), \
+            self.folder
 
     def regions(self) -> dict[str, list[np.ndarray]]:
         """The parts of the source images each split draws its patches from."""

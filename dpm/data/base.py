@@ -4,6 +4,8 @@ split across devices, a normalisation fitted on the training split and kept in t
 from __future__ import annotations
 
 import math
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import torch
 import lightning as L
@@ -11,16 +13,19 @@ from torch.utils.data import DataLoader
 
 from dpm.data.loaders import BatchTensorDataset, EpochBatches, ResumableLoader, ShardBatches, as_batch
 from dpm.core.keyed import Keys
+from dpm.errors import ConfigError
+from dpm.io.files import content_sha256
+from dpm.ranges import count
 
 SPLITS = ("train", "val", "test")
 
 
-def count(key: str, value: object, least: int, why: str = "") -> int:
-    """value as an int >= least, else a ValueError naming dataset.<key>: the one check of a data set's counts
-    (the config's dataset node is checked here, by the constructor that owns it)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"dataset.{key}={value!r} is invalid: it must be an integer >= {least}{why}")
-    return value
+def package_version(name: str) -> str:
+    """The installed version of a package (its distribution's metadata), or "unknown"."""
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 class DataModule(L.LightningDataModule):
@@ -34,17 +39,20 @@ class DataModule(L.LightningDataModule):
     unit = "bits"  # the unit of K in the paper's Table 1: "bits", "bits/seq" or "bits/pixel"
     figure_kind = ""  # which dpm.figures function draws this data; "" chooses from the data's shape (`kind`)
     location_keys: tuple[str, ...] = ()  # settings that say where the data live, not what they are: a resumed run may change them
+    data_package = "dpm"  # whose version identifies built-in data: dpm (generated here), or the package that ships it
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1000, num_workers: int = 0,
                  seed: int = 0) -> None:
         super().__init__()
-        self.batch_size = count("batch_size", batch_size, 1)
-        self.eval_batch_size = count("eval_batch_size", eval_batch_size, 1)
-        self.num_workers, self.seed = count("num_workers", num_workers, 0), count("seed", seed, 0)
+        self.batch_size = count("dataset.batch_size", batch_size, 1)
+        self.eval_batch_size = count("dataset.eval_batch_size", eval_batch_size, 1)
+        self.num_workers, self.seed = count("dataset.num_workers", num_workers, 0), count("dataset.seed", seed, 0)
         self.splits: dict[str, torch.Tensor] = {}
         self.device_splits: dict[str, torch.Tensor] = {}  # training data kept on the GPU (_to_training_device)
         self.shift: torch.Tensor | None = None  # x <- (x - shift) / scale, fitted on the training split
         self.scale: float | None = None
+        self._identity: dict | None = None
+        self.trained_on: dict | None = None  # from a checkpoint: the data's identity and example shape at training
 
     # ---- what a data set defines ---------------------------------------------------------------------
     def make_split(self, split: str) -> torch.Tensor:
@@ -66,7 +74,7 @@ class DataModule(L.LightningDataModule):
     @staticmethod
     def check_sizes(**sizes: int) -> dict[str, int]:
         """{"train": n_train, ...} from the split sizes a config gives as n_train=..., each at least 2."""
-        return {key.removeprefix("n_"): count(key, value, 2, " (a split needs at least 2 examples)")
+        return {key.removeprefix("n_"): count(f"dataset.{key}", value, 2, why=" (a split needs at least 2 examples)")
                 for key, value in sizes.items()}
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
@@ -124,6 +132,23 @@ class DataModule(L.LightningDataModule):
             return "sequence"
         return "points2d" if shape == (2,) else "pairs"
 
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        """The user's files the examples are read from (a file, or the files of a folder and that folder), for the
+        data's content hash; ([], None) for data generated here or shipped with a package."""
+        return [], None
+
+    def identity(self) -> dict:
+        """What the examples are, for a result's provenance: a user's file or folder by the sha256 of its contents
+        (dpm.io.files.content_sha256), a built-in set by its name and the version of the package it comes from.
+        Computed once (the data are read once)."""
+        if self._identity is None:
+            files, root = self.data_files()
+            if files:
+                self._identity = {"name": self.name, "sha256": content_sha256(files, root), "files": len(files)}
+            else:
+                self._identity = {"name": self.name, "version": f"{self.data_package} {package_version(self.data_package)}"}
+        return self._identity
+
     @property
     def origin(self) -> str:
         """Where the examples come from, as an error message names it (a user's file: dataset.path=...)."""
@@ -139,6 +164,11 @@ class DataModule(L.LightningDataModule):
         if self.splits:
             return
         raw = {split: self.make_split(split) for split in SPLITS}
+        shape = (self.trained_on or {}).get("example_shape")
+        if shape is not None and tuple(raw["train"].shape[1:]) != tuple(shape):
+            raise ConfigError(f"{self.origin} holds examples of shape {tuple(raw['train'].shape[1:])}, but the model was "
+                              f"trained on examples of shape {tuple(shape)}: give it the data it was trained on (or data "
+                              "of that shape)")
         if self.scale is None:
             self.shift, self.scale = self.fit_normalization(raw["train"])
         # contiguous: a batch is one index_select, several times slower on a strided tensor (the Swiss roll's was)
@@ -150,10 +180,14 @@ class DataModule(L.LightningDataModule):
         return tuple(self.splits["train"].shape[1:])
 
     def state_dict(self) -> dict:
-        return {"shift": self.shift, "scale": self.scale}
+        """The normalisation, and what the data were (identity, example shape), kept in every checkpoint so that an
+        evaluation can tell whether it is given the same data."""
+        return {"shift": self.shift, "scale": self.scale,
+                "trained_on": {"identity": self.identity(), "example_shape": list(self.data_shape)}}
 
     def load_state_dict(self, state: dict) -> None:
         self.shift, self.scale = state["shift"], state["scale"]
+        self.trained_on = state.get("trained_on")  # None from checkpoints written before it was kept
         self.splits, self.device_splits = {}, {}
 
     def _rank_and_world(self) -> tuple[int, int]:

@@ -56,6 +56,7 @@ class CIFAR10DataModule(PooledImageDataModule):
     """
 
     name = "cifar10"
+    data_package = "torchvision"  # the published files, in the layout torchvision downloads
     n_levels = 256
 
     def __init__(self, download: bool = True, n_train: int | None = None, n_val: int = 5000,

@@ -14,6 +14,7 @@ import torch
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, check_count
 from dpm.io.progress import Progress
+from dpm.ranges import count, real
 
 GENERATOR_VERSION = 1  # part of the cache key: bump when the generator's output changes
 
@@ -102,9 +103,10 @@ class DeadLeavesDataModule(ImageDataModule):
                  r_min: float = 1.0, r_max: float = 100.0, alpha: float = 3.0, cache: bool = True,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        if int(image_size) < 1:
-            raise ValueError(f"dataset.image_size={image_size} is invalid: must be a positive integer")
-        if not 0 < float(r_min) < float(r_max):
+        image_size = count("dataset.image_size", image_size, 1)
+        r_min, r_max = real("dataset.r_min", r_min, 0, low_open=True), real("dataset.r_max", r_max, 0, low_open=True)
+        alpha = real("dataset.alpha", alpha)
+        if not r_min < r_max:
             raise ValueError(f"dataset.r_min={r_min}, dataset.r_max={r_max} are invalid: need 0 < r_min < r_max")
         self.image_size, self.r_min, self.r_max, self.alpha = int(image_size), float(r_min), float(r_max), float(alpha)
         self.sizes = {s: check_count(f"n_{s}", n, allow_none=False) for s, n in zip(SPLITS, (n_train, n_val, n_test))}
@@ -119,7 +121,7 @@ class DeadLeavesDataModule(ImageDataModule):
         """uint8 [n, 1, size, size] for one split."""
         rng = np.random.default_rng([self.seed, SPLITS.index(split)])
         n = self.sizes[split]
-        with Progress(n, f"dead leaves {split} split", unit="image", enabled=n >= 1000) as bar:
+        with Progress(n, f"dead leaves {split} split", unit="image") as bar:
             return dead_leaves(n, self.image_size, self.r_min, self.r_max, self.alpha, rng, self.n_levels,
                                on_done=bar.update)[:, None]
 

@@ -16,7 +16,9 @@ class DigitsDataModule(BundledImageDataModule):
     """
 
     name = "digits"
+    data_package = "scikit-learn"
     n_levels = 17
+    location_keys = ()  # the images ship with scikit-learn: data_dir is not read
 
     def __init__(self, n_train: int | None = None, n_val: int = 200, n_test: int = 400, **kwargs) -> None:
         super().__init__(n_train, n_val, n_test, **kwargs)

@@ -10,7 +10,9 @@ nll_bits_per_dim_8bit.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,12 +23,14 @@ from dpm.data.array import require_path
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule, carve_splits
 from dpm.errors import ConfigError
+from dpm.io.memory import available_bytes
 from dpm.io.progress import Progress
+from dpm.ranges import count
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 GREY_MODES = ("1", "L", "LA", "La")
+ALPHA_MODES = ("LA", "La", "RGBA", "RGBa", "PA")
 COLOUR_MODES = ("RGB", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
-PROGRESS_FROM = 2000  # images: a progress line while decoding at least this many
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -48,9 +52,25 @@ def headers(paths: list[Path]) -> list[tuple[str, tuple[int, int]]]:
         try:
             with Image.open(path) as im:
                 out.append((im.mode, im.size))
+        except Image.DecompressionBombError as err:  # a header that claims more pixels than PIL will decode
+            raise ConfigError(f"{path} (under dataset.path) is too large to decode ({err}); remove it, or shrink it "
+                              "(dpm models small images: dataset.image_size resizes every image once decoded)") from None
         except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for foreign or damaged files
             raise _unreadable(path, err) from None
     return out
+
+
+BYTES_PER_VALUE = 14  # peak bytes held per decoded pixel value: uint8 images and their stack, float32 raw splits,
+# the carved splits and the normalised copy (FolderDataModule.load, then DataModule.setup)
+
+
+def check_memory(folder: Path, n: int, shape: tuple[int, int, int]) -> None:
+    """Refuse, before decoding, a folder whose images [n, C, H, W] would not fit in the memory available."""
+    need, have = BYTES_PER_VALUE * n * math.prod(shape), available_bytes()
+    if need > have:
+        raise ConfigError(f"dataset.path={folder}: its {n:,} images of {'x'.join(map(str, shape))} would need about "
+                          f"{need / 2**30:,.1f} GiB of memory once decoded, more than the {have / 2**30:,.1f} GiB "
+                          "available here: set dataset.image_size smaller, or use fewer images")
 
 
 def decode(path: Path, mode: str, image_size: int | None) -> np.ndarray:
@@ -71,14 +91,18 @@ def decode(path: Path, mode: str, image_size: int | None) -> np.ndarray:
 
 def decode_all(paths: list[Path], mode: str, image_size: int | None, progress: bool = True) -> np.ndarray:
     """uint8 [N, C, H, W] of every file, decoded by a few threads (PIL releases the GIL while decoding)."""
-    shown = progress and len(paths) >= PROGRESS_FROM
-    with Progress(len(paths), "decoding images", unit="image", enabled=shown) as bar, \
+    with Progress(len(paths), "decoding images", unit="image", enabled=progress) as bar, \
             ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         images = []
-        for a in pool.map(lambda p: decode(p, mode, image_size), paths, chunksize=64):
-            images.append(a)
-            bar.update(1)
-    return np.stack(images)
+        try:
+            for a in pool.map(lambda p: decode(p, mode, image_size), paths, chunksize=64):
+                images.append(a)
+                bar.update(1)
+            return np.stack(images)
+        except MemoryError:  # more than check_memory foresaw (other processes took memory meanwhile)
+            raise ConfigError(f"decoding {len(paths):,} images ran out of memory after {len(images):,} (the last "
+                              f"{paths[max(0, len(images) - 1)]}): set dataset.image_size smaller, or use fewer "
+                              "images") from None
 
 
 class FolderDataModule(ImageDataModule):
@@ -103,11 +127,8 @@ class FolderDataModule(ImageDataModule):
                               "file use dataset=array)")
         if channels not in (None, 1, 3):
             raise ConfigError(f"dataset.channels={channels} is invalid: 1 (grey), 3 (RGB) or null (as the files are)")
-        if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
-            raise ConfigError(f"dataset.image_size={image_size} is invalid: a positive integer, or null for the "
-                              "files' own size")
         self.channels = channels
-        self.image_size = None if image_size is None else int(image_size)
+        self.image_size = count("dataset.image_size", image_size, 1, allow=(None,), why=" (null: the files' own size)")
         self.counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self._raw: dict[str, torch.Tensor] | None = None
 
@@ -129,6 +150,9 @@ class FolderDataModule(ImageDataModule):
                 raise ConfigError(f"dataset.path={folder} holds {what}: give a folder with {', '.join(SUFFIXES)} "
                                   "images (in train/ val/ test/ subfolders, or all together)")
         return found
+
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        return [p for files in self.split_files().values() for p in files], self.path
 
     def mode(self, files: list[Path], info: list[tuple[str, tuple[int, int]]]) -> str:
         """"L" or "RGB": from `channels`, else what every file is (grey and colour mixed is refused)."""
@@ -161,6 +185,13 @@ class FolderDataModule(ImageDataModule):
             shown = ", ".join(f"{p} is {w}x{h}" for (w, h), p in list(sizes.items())[:3])
             raise ConfigError(f"dataset.path={self.path} holds images of {len(sizes)} sizes ({shown}): set "
                               "dataset.image_size=N to centre-crop and resize every image to N x N")
+        w, h = next(iter(sizes)) if self.image_size is None else (self.image_size, self.image_size)
+        check_memory(self.path, len(files), (1 if mode == "L" else 3, h, w))
+        alpha = [(p, m) for p, (m, _) in zip(files, info) if m in ALPHA_MODES]
+        if alpha:  # said once: the model's channels hold no transparency
+            print(f"note: {len(alpha)} of the {len(files)} images under dataset.path={self.path} have an alpha "
+                  f"channel (e.g. {alpha[0][0]}, mode {alpha[0][1]}); it is dropped ({'grey' if mode == 'L' else 'RGB'}"
+                  " is read), so transparent pixels count with the colour stored under them", file=sys.stderr)
         levels = decode_all(files, mode, self.image_size)
         parts, start = {}, 0
         for split, split_files in found.items():

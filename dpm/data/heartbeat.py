@@ -10,6 +10,7 @@ import torch
 
 from dpm.data.base import SPLITS, DataModule
 from dpm.core.truth import heartbeat_log_likelihood
+from dpm.ranges import count
 
 
 def heartbeat_patterns(length: int = 20, period: int = 5) -> torch.Tensor:
@@ -41,7 +42,8 @@ class HeartbeatDataModule(DataModule):
     def __init__(self, n_train: int = 10000, n_val: int = 1000, n_test: int = 2000, length: int = 20,
                  period: int = 5, **kwargs) -> None:
         super().__init__(**kwargs)
-        if int(period) < 1 or int(length) < 1 or int(length) % int(period) != 0:
+        period, length = count("dataset.period", period, 1), count("dataset.length", length, 1)
+        if length % period != 0:
             raise ValueError(f"dataset.length={length}, dataset.period={period} are invalid: length must be a "
                              "positive multiple of period (so every phase has the same mean activity 1/period)")
         self.sizes = self.check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)

@@ -18,6 +18,7 @@ from dpm.core.keyed import Keys
 from dpm.core.keyed import dequantize as keyed_dequantize
 from dpm.core.keyed import dequantize_with
 from dpm.errors import ConfigError
+from dpm.ranges import count
 
 DEQUANTIZATIONS = ("bin", "released", "none")
 
@@ -66,13 +67,8 @@ def carve_splits(parts: dict[str, torch.Tensor], source: str, seed: int, n_train
 
 
 def check_count(key: str, value: int | None, allow_none: bool = True) -> int | None:
-    """A split size from the config: a positive integer (or None for 'all of it')."""
-    if value is None and allow_none:
-        return None
-    if value is None or int(value) < 1:
-        raise ValueError(f"dataset.{key}={value} is invalid: must be a positive integer"
-                         + (" or null (all available)" if allow_none else ""))
-    return int(value)
+    """A split size from the config, dataset.<key>: an integer >= 1 (or None for 'all of it' where allowed)."""
+    return count(f"dataset.{key}", value, 1, allow=(None,) if allow_none else ())
 
 
 def missing_files(name: str, looked_in: list[Path], files: list[str],

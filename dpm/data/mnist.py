@@ -39,6 +39,7 @@ class MNISTDataModule(PooledImageDataModule):
     """
 
     name = "mnist"
+    data_package = "torchvision"  # the published files, in the layout torchvision downloads
     n_levels = 256
 
     def __init__(self, download: bool = True, n_train: int | None = None, n_val: int = 10000,

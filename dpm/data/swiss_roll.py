@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from sklearn.datasets import make_swiss_roll
 
 from dpm.data.base import SPLITS, DataModule
 from dpm.core.truth import swiss_roll_log_likelihood
+from dpm.ranges import real
 
 
 class SwissRollDataModule(DataModule):
@@ -18,16 +17,15 @@ class SwissRollDataModule(DataModule):
     dimension on average (the paper does not say how its roll was made; docs/paper.md §7.1)."""
 
     name = "swiss_roll"
+    data_package = "scikit-learn"  # make_swiss_roll draws the points
     unit = "bits"
     figure_kind = "points2d"
 
     def __init__(self, n_train: int = 10000, n_val: int = 2000, n_test: int = 10000, noise: float = 0.0,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
-            raise ValueError(f"dataset.noise={noise!r} is invalid: it must be a finite number >= 0")
+        self.noise = real("dataset.noise", noise, 0)
         self.sizes = self.check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
-        self.noise = float(noise)
 
     def make_split(self, split: str) -> torch.Tensor:
         x, _ = make_swiss_roll(self.sizes[split], noise=self.noise, random_state=self.seed + SPLITS.index(split))

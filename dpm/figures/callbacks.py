@@ -14,15 +14,18 @@ from dpm.figures.schedule import schedule
 
 class SampleFigure(L.Callback):
     """Writes <dirpath>/<name>_step<k>.png every `every_n_val` validations (0: only at the end of training),
-    and <dirpath>/<name>.png when training ends; a W&B logger also receives the image."""
+    and <dirpath>/<name>.png when training ends; a W&B logger also receives the image. progress: its sampling's
+    progress (dpm.io.progress: shown only when it lasts more than a few seconds, and stopped by SIGTERM)."""
 
-    def __init__(self, dirpath: str, name: str = "samples", every_n_val: int = 0, seed: int = 0) -> None:
+    def __init__(self, dirpath: str, name: str = "samples", every_n_val: int = 0, seed: int = 0,
+                 progress: bool = True) -> None:
         self.dirpath, self.name, self.every_n_val, self.seed = Path(dirpath), name, every_n_val, seed
+        self.progress = progress
         self.n_val = 0
 
     @rank_zero_only
     def _draw(self, trainer: L.Trainer, module: L.LightningModule, filename: str) -> None:
-        path = draw(module, trainer.datamodule, self.dirpath / filename, self.seed)
+        path = draw(module, trainer.datamodule, self.dirpath / filename, self.seed, progress=self.progress)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key=f"figures/{self.name}", images=[str(path)], step=trainer.global_step)

@@ -6,6 +6,7 @@ so no empty or truncated eval.json, config.yaml, figure or checkpoint is left be
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -121,3 +122,22 @@ def finite_or_null(obj: object) -> object:
 def write_json(path: str | Path, obj: object) -> Path:
     """Atomic write of obj as indented, strict JSON (a non-finite number is written as null)."""
     return write_text(path, json.dumps(finite_or_null(obj), indent=2, allow_nan=False) + "\n")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, hex (what `sha256sum FILE` prints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_sha256(files: list[Path], root: Path | None = None) -> str:
+    """One sha256 for the contents of `files`: a single file's own sha256 (as `sha256sum FILE` prints it); for
+    several, the sha256 of the lines `<sha256>  <path relative to root>` in sorted order (`sha256sum` of each file,
+    sorted, then hashed), so that the hash names the contents and their names, not where the folder lies."""
+    if len(files) == 1 and root is None:
+        return file_sha256(files[0])
+    lines = sorted(f"{file_sha256(p)}  {p.relative_to(root) if root is not None else p.name}\n" for p in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()

@@ -12,6 +12,9 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from dpm.errors import is_out_of_memory
+from dpm.io.progress import StopRequested, clear_stop, request_stop
+
 log = logging.getLogger(__name__)
 
 
@@ -19,7 +22,8 @@ class LastCheckpoint(L.Callback):
     """Keeps <dirpath>/last.ckpt current: after every validation (ModelCheckpoint's save_last writes it only when
     a new best is saved), at the end of training, and on Ctrl-C or SIGTERM, so a run can always be resumed with
     ckpt_path=.../last.ckpt. Any other exception writes <dirpath>/crash.ckpt instead, leaving the last good
-    last.ckpt in place."""
+    last.ckpt in place; none when the disk failed or memory ran out. SIGTERM also asks every long loop outside the
+    training steps (figures, the test bound: dpm.io.progress) to stop at its next progress update."""
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
@@ -36,10 +40,12 @@ class LastCheckpoint(L.Callback):
         # per-step broadcast of that flag then stops every rank at the same step, and on_exception saves.
         # (Registered at train start: Lightning installs its handlers after on_fit_start.)
         if threading.current_thread() is threading.main_thread():
+            clear_stop()  # a stop asked of an earlier run in this process is not this run's
             connector = trainer._signal_connector
 
             def on_sigterm(signum, frame) -> None:
                 connector.received_sigterm = True
+                request_stop("SIGTERM")  # and a long loop outside the steps (a figure, the test bound) stops too
 
             signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -67,10 +73,12 @@ class LastCheckpoint(L.Callback):
             self._save(trainer)
 
     def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
-        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException))
+        interrupted = isinstance(exception, (KeyboardInterrupt, SIGTERMException, StopRequested))
         trainer.dpm_stopped_by_signal = interrupted  # read by dpm.app.train to choose the exit code
         if isinstance(exception, OSError):
             return  # the disk or folder failed: another write would hide the original error behind a second one
+        if is_out_of_memory(exception):
+            return  # the weights are last.ckpt's plus some steps; a checkpoint written now may not fit either
         try:
             self._save_without_barrier(trainer, self.dirpath / ("last.ckpt" if interrupted else "crash.ckpt"))
         except Exception as err:  # keep the original error the one the user sees

@@ -61,6 +61,7 @@ class DiffusionModule(L.LightningModule):
         self.val_n_t, self.val_seed = min(val_n_t, diffusion.T - 1), val_seed
         self.max_nonfinite = max_nonfinite
         self.run_config = run_config or {}  # the resolved config, saved in every checkpoint
+        self.origin: dict = {}  # where the weights came from (dpm.tasks.provenance.checkpoint_record), set by who loads them
         self.val_K, self.val_K_minus_L_null = MeanMetric(), MeanMetric()
         self.nonfinite_in_a_row, self.nonfinite_total = 0, 0
         self.seed = seed

@@ -19,6 +19,7 @@ from torch import nn
 
 from dpm.nets.activations import make_activation
 from dpm.core.temporal import TemporalReadout
+from dpm.ranges import count
 
 
 def check_divisible(H: int, W: int, n_scales: int) -> None:
@@ -51,8 +52,7 @@ class MultiScaleConvolution(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, n_scales: int = 1, kernel_size: int = 3,
                  activation: str = "leaky_relu", per_scale_activation: bool = True) -> None:
         super().__init__()
-        if int(n_scales) < 1:
-            raise ValueError(f"net.n_scales={n_scales} is invalid: needs at least 1 scale")
+        n_scales = count("net.n_scales", n_scales, 1)
         if kernel_size % 2 != 1:
             raise ValueError(f"net.kernel_size={kernel_size} is invalid: must be odd for 'same' padding")
         self.n_scales, self.per_scale_activation = int(n_scales), per_scale_activation
@@ -121,11 +121,8 @@ class ImageReverseNet(nn.Module):
                            ("n_hidden_dense_lower", n_hidden_dense_lower),
                            ("n_layers_dense_lower", n_layers_dense_lower),
                            ("n_hidden_dense_lower_output", n_hidden_dense_lower_output)):
-            if int(value) < 0:
-                raise ValueError(f"net.{key}={value} is invalid: must be >= 0")
-        if int(n_layers_dense_upper) < 1:
-            raise ValueError(f"net.n_layers_dense_upper={n_layers_dense_upper} is invalid: needs at least the "
-                             "readout layer (1)")
+            count(f"net.{key}", value, 0)
+        count("net.n_layers_dense_upper", n_layers_dense_upper, 1, why=" (at least the readout layer)")
         self.C, self.H, self.W = (int(d) for d in data_shape)
         self.n_outputs, self.J, self.time_input = n_outputs, n_temporal_basis, time_input
         conv_act, dense_act = conv_activation or activation, dense_activation or activation

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from dpm.app.wandb_offline import online_without_credentials
 from dpm.core.stats import mean_and_stderr
 from dpm.io.files import write_text
-from dpm.sweeps.runs import NUMBERS, config_differences, fill_units, find_runs, read_run
+from dpm.sweeps.runs import NUMBERS, PROVENANCE, config_differences, fill_units, find_runs, read_run
 from dpm.sweeps.jobs import sweep_name
 
 
@@ -81,11 +82,24 @@ def _baseline(r: dict) -> str:
     return cell + (f" ({r['best_baseline'].replace('_', ' ')})" if cell != "-" and r.get("best_baseline") else "")
 
 
-def _from(r: dict) -> str:
-    """Where K came from, and which weights (their step) it is of."""
-    chosen = r.get("weights_chosen")
-    return r.get("K_from", "-") + (f"; {chosen} weights, step {r['weights_step']}"
-                                   if chosen and r.get("weights_step") is not None else "")
+
+def _weights(r: dict) -> str:
+    """'best validation: ema, step 4000 (1a2b3c4d5e6f)' from the row's provenance, '-' without one."""
+    if not r.get("weights"):
+        return "-"
+    step = f", step {r['checkpoint_step']}" if r.get("checkpoint_step") is not None else ""
+    sha = f" ({r['checkpoint_sha256'][:12]})" if r.get("checkpoint_sha256") else ""
+    chosen = f"{r['weights_chosen']}: " if r.get("weights_chosen") else ""
+    return f"{chosen}{r['weights']}{step}{sha}"
+
+
+def _data(r: dict) -> str:
+    """The data's identity, shortened (a sha256 to 12 characters), flagged when it is not what the model saw."""
+    data = r.get("data")
+    if not data:
+        return "-"
+    shown = data[:12] if len(data) == 64 else data
+    return shown + (" (not the training data)" if r.get("data_as_trained") is False else "")
 
 
 def _time(seconds) -> str:
@@ -96,14 +110,16 @@ def markdown(rows: list[dict], keys: list[str]) -> str:
     """The per-run table and the per-group summary, in Markdown."""
     unit = next((r["unit"] for r in rows if r.get("unit")), "")
     head = ["run", *keys, "status", f"K ({unit or 'unit of the data'})", "K - L_null", "truth", "K - truth",
-            "K - best baseline", "K from", "steps", "time", "note"]
+            "K - best baseline", "K from", "steps", "time", "weights (checkpoint sha256)", "data", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], *(r["overrides"].get(k, "-") for k in keys), r["status"],
                  _pm(r.get("K"), r.get("K_stderr")), _pm(r.get("K_minus_L_null"), r.get("K_minus_L_null_stderr")),
                  _pm(r.get("true_log_likelihood"), r.get("true_log_likelihood_stderr")),
-                 _pm(r.get("gap_to_truth"), r.get("gap_to_truth_stderr")), _baseline(r), _from(r),
-                 str(r.get("steps") or "-"), _time(r.get("seconds")), r["note"].replace("|", "/")[:200]]
+                 _pm(r.get("gap_to_truth"), r.get("gap_to_truth_stderr")), _baseline(r),
+                 r.get("K_from", "-"),
+                 str(r.get("steps") or "-"), _time(r.get("seconds")), _weights(r), _data(r),
+                 r["note"].replace("|", "/")[:200]]
         lines.append("| " + " | ".join(cells) + " |")
     groups_ = summary(rows, keys)
     if groups_:
@@ -113,9 +129,16 @@ def markdown(rows: list[dict], keys: list[str]) -> str:
         lines += [f"| {g['group']} | {g['n']} | {_pm(g['K'], g['K_se'])} | {_pm(g['gap'], g['gap_se'])} | "
                   f"{_pm(g['diff'], g['diff_se'])} | {g['n_pairs'] or '-'} |" for g in groups_]
     failed = [r["run"] for r in rows if r["status"] == "failed"]
+    unreadable = sum(r["status"] == "unreadable" for r in rows)
     lines += ["", f"{len(rows)} runs: {sum(r['status'] == 'complete' for r in rows)} complete, "
               f"{sum(r['status'] == 'incomplete' for r in rows)} incomplete, {len(failed)} failed"
-              + (f" ({', '.join(failed)})" if failed else "") + "."]
+              + (f" ({', '.join(failed)})" if failed else "") + (f", {unreadable} unreadable" if unreadable else "")
+              + "."]
+    software = sorted({f"dpm {r['dpm']}" + (f" (commit {r['dpm_commit'][:10]})" if r.get("dpm_commit") else "")
+                       + f", torch {r['torch']}, lightning {r['lightning']}, {r['device']}" for r in rows if r.get("dpm")})
+    if software:
+        lines += ["", "Software and devices of the bounds: " + "; ".join(software) + ". Every number's command line, "
+                  "checkpoint and data hash: report.csv (from each run's eval.json)."]
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +146,8 @@ def to_csv(rows: list[dict], keys: list[str]) -> str:
     """One line per run: the swept keys, then every number unformatted."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    fields = ["status", *NUMBERS, "best_baseline", "weights_chosen", "unit", "K_from", "steps", "seconds", "note"]
+    fields = ["status", *NUMBERS, "best_baseline", "weights_chosen", "unit", "K_from", "steps", "seconds", *PROVENANCE,
+              "note"]
     writer.writerow(["run", *keys, *fields])
     for r in rows:
         writer.writerow([r["run"], *(r["overrides"].get(k, "") for k in keys),
@@ -162,8 +186,13 @@ def log_to_wandb(result: dict) -> str:
     configs = [OmegaConf.load(r / "config.yaml") for r in result["runs"] if (r / "config.yaml").is_file()]
     wb = next((c.logger.wandb for c in configs if OmegaConf.select(c, "logger.wandb") is not None), None)
     group = (wb.get("group") if wb is not None else None) or sweep_name(result["files"]["md"].parent.resolve())
+    offline = online_without_credentials()  # as training does (dpm.app.wandb_offline): kept on disk, synced later
+    if offline:
+        print("note: W&B has no credentials here, so the report is logged offline; upload it later with `wandb sync "
+              f"{result['files']['md'].parent / 'wandb'}/offline-run-*`", file=sys.stderr)
     run = wandb.init(project=wb.project if wb is not None else "dpm", group=group, job_type="report",
-                     name=f"report {group}", dir=str(result["files"]["md"].parent))
+                     name=f"report {group}", dir=str(result["files"]["md"].parent),
+                     mode="offline" if offline else None)
     try:
         with open(result["files"]["csv"], newline="") as f:
             table = list(csv.reader(f))

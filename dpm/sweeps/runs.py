@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -42,15 +43,22 @@ def is_run(d: Path) -> bool:
         return False
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Every run directory at or below paths, not looking inside a run (its eval/ subdirectories are its own)."""
+def find_runs(paths: list[Path], seen: set[str] | None = None) -> list[Path]:
+    """Every run directory at or below paths, not looking inside a run (its eval/ subdirectories are its own), each
+    real directory once: a link to a folder already seen (a link loop, a second name for a run) is not followed
+    again."""
+    seen = set() if seen is None else seen
     runs: list[Path] = []
     for path in paths:
+        real = os.path.realpath(path)
+        if real in seen:
+            continue
+        seen.add(real)
         if is_run(path):
             runs.append(path)
             continue
         subdirs = [d for d in path.iterdir() if d.is_dir() and d.name not in SKIP_DIRS] if path.is_dir() else []
-        runs += find_runs(sorted(subdirs, key=_natural))
+        runs += find_runs(sorted(subdirs, key=_natural), seen)
     return runs
 
 
@@ -77,15 +85,26 @@ def _config(run: Path) -> tuple[dict, str]:
 
 
 def last_validation(run: Path) -> dict:
-    """The last val/K (and val/K_minus_L_null) and the last step logged in the run's metrics.csv files."""
+    """The last val/K (and val/K_minus_L_null) and the last step logged in the run's metrics.csv files; a file that
+    cannot be read (damaged, not CSV, a number that is not one) is named in "note" and left out, the rest still
+    counts."""
     out: dict = {}
     for path in sorted(run.glob("logs/**/metrics.csv")):
-        with path.open(newline="") as f:
-            for row in csv.DictReader(f):
-                if row.get("step") and not row.get("test/K"):  # the end's test row is logged at global_step
-                    out["steps"] = max(out.get("steps", 0), int(row["step"]) + 1)  # Lightning logs global_step - 1
-                if row.get("val/K"):
-                    out["K"], out["K_minus_L_null"] = float(row["val/K"]), float(row.get("val/K_minus_L_null") or "nan")
+        found: dict = {}
+        try:
+            with path.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    if row.get("step") and not row.get("test/K"):  # the end's test row is logged at global_step
+                        found["steps"] = max(found.get("steps", 0), int(row["step"]) + 1)  # Lightning logs step - 1
+                    if row.get("val/K"):
+                        found["K"] = float(row["val/K"])
+                        found["K_minus_L_null"] = float(row.get("val/K_minus_L_null") or "nan")
+        except (OSError, ValueError, csv.Error) as err:  # UnicodeDecodeError is a ValueError
+            out["note"] = f"{path.relative_to(run)} unreadable ({type(err).__name__}: {str(err)[:80]})"
+            continue
+        if "steps" in found:
+            out["steps"] = max(out.get("steps", 0), found.pop("steps"))
+        out.update(found)
     return out
 
 
@@ -120,11 +139,12 @@ def read_run(run: Path, root: Path | None = None) -> dict:
     row: dict = {"run": str(run.relative_to(root)) if root and run.is_relative_to(root) else str(run),
                  "overrides": dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o),
                  "config": config, "has_overrides": overrides_file.is_file() or "overrides" in job,
-                 "steps": val.get("steps"), "seconds": job.get("seconds"), "note": config_note}
+                 "steps": val.get("steps"), "seconds": job.get("seconds"),
+                 "note": "; ".join(n for n in (config_note, val.get("note", "")) if n)}
     if result is not None:
         row.update({k: result.get(k) for k in NUMBERS}, unit=result.get("unit", ""),
-                   best_baseline=result.get("best_baseline"), weights_chosen=result.get("weights_chosen"),
-                   K_from=f"{result.get('split')} {result.get('estimator')} ({where})")
+                   K_from=f"{result.get('split')} {result.get('estimator')} ({where})",
+                   best_baseline=result.get("best_baseline"), weights_chosen=result.get("weights_chosen"), **provenance_fields(result))
     elif math.isfinite(val.get("K", math.nan)):
         row.update(K=val["K"], K_minus_L_null=val["K_minus_L_null"], unit="",
                    K_from="last val/K (mc, metrics.csv)" + (f"; {where}" if where else ""))
@@ -132,15 +152,33 @@ def read_run(run: Path, root: Path | None = None) -> dict:
     max_steps = (config.get("trainer") or {}).get("max_steps")
     if job.get("status") == "FAILED" or crashed:
         row["status"], row["note"] = "failed", job.get("error") or "crash.ckpt written"
-    elif config_note:
+    elif config_note or where == "eval.json unreadable":  # its K cannot be told: not counted as a complete run
         row["status"] = "unreadable"
+        row["note"] = row["note"] or "eval.json unreadable (damaged or not JSON); its K is left out of the groups"
     elif job.get("status") == "COMPLETED" or (run / "eval.json").is_file() or (
             not job and isinstance(max_steps, int) and (row["steps"] or 0) >= max_steps > 0):
         row["status"] = "complete"  # a run without a job record (not launched by Hydra) by its steps
     else:
         row["status"] = "incomplete"
-        row["note"] = "running, or stopped without an error" if job.get("status") == "RUNNING" else "no end recorded"
+        end = "running, or stopped without an error" if job.get("status") == "RUNNING" else "no end recorded"
+        row["note"] = "; ".join(n for n in (end, row["note"]) if n)
     return row
+
+
+PROVENANCE = ("weights", "checkpoint_step", "checkpoint_sha256", "data", "data_as_trained", "dpm", "dpm_commit",
+              "torch", "lightning", "device", "command")
+
+
+def provenance_fields(result: dict) -> dict:
+    """The row's provenance (PROVENANCE) from an eval.json's (dpm.tasks.provenance); None where it has none."""
+    p = result.get("provenance") if isinstance(result.get("provenance"), dict) else {}
+    ckpt = p.get("checkpoint") if isinstance(p.get("checkpoint"), dict) else {}
+    data = p.get("data") if isinstance(p.get("data"), dict) else {}
+    return {"weights": ckpt.get("weights", result.get("weights")), "checkpoint_step": ckpt.get("step"),
+            "checkpoint_sha256": ckpt.get("sha256"), "data": data.get("sha256") or data.get("version"),
+            "data_as_trained": data.get("same_as_training"), "dpm": p.get("dpm"), "dpm_commit": p.get("dpm_commit"),
+            "torch": p.get("torch"), "lightning": p.get("lightning"), "device": p.get("device"),
+            "command": p.get("command")}
 
 
 def flatten(node, prefix: str = "") -> dict[str, object]:

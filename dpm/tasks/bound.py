@@ -20,6 +20,8 @@ from dpm.model.module import DiffusionModule
 from dpm.core.paper import TABLE1
 from dpm.io.files import write_json
 from dpm.io.progress import Progress, announce, time_per_call
+from dpm.ranges import count
+from dpm.tasks.provenance import provenance
 from dpm.core.truth import truth_fields
 from dpm.tasks.baselines import baseline_fields, baseline_lines
 from dpm.tasks.weights import chosen_fields, weights_lines
@@ -32,11 +34,9 @@ def check(cfg: DictConfig, dm: DataModule, diffusion) -> dict:
     if estimator not in ESTIMATORS:
         raise ConfigError(f"estimator={estimator!r} is unknown; valid choices: {list(ESTIMATORS)}")
     T = diffusion.T
-    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 1 or (estimator == "mc" and n_t > T - 1):
-        raise ConfigError(f"n_t={n_t!r} is invalid: the draws of t per example for estimator=mc, an integer "
-                          f"between 1 and T - 1 = {T - 1}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ConfigError(f"limit={limit!r} is invalid: a positive number of examples, or null for the whole split")
+    n_t = count("n_t", n_t, 1, T - 1 if estimator == "mc" else None,
+                why=f" (the draws of t per example for estimator=mc; T - 1 = {T - 1})")
+    limit = count("limit", limit, 1, allow=(None,), why=" (examples; null: the whole split)")
     return {"estimator": estimator, "n_t": n_t, "limit": limit}
 
 
@@ -68,17 +68,15 @@ def split_size(dm: DataModule, split: str, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def estimate_seconds(module: DiffusionModule, x0: torch.Tensor, estimator: str, n_t: int, n: int) -> float:
-    """Seconds the bound over n examples will take, from a timed warm-up of one KL term on the first batch x0
-    [B, *D] (exact: n / B x (T - 1) such calls; mc: n / B calls of B x n_t examples)."""
+def estimate_seconds(module: DiffusionModule, x0: torch.Tensor, keys: Keys, estimator: str, n_t: int, n: int) -> float:
+    """Seconds the bound over n examples will take, from timed calls of one KL term on the first batch x0 [B, *D]
+    with its keyed draws, as the estimators make them: (T - 1) such calls per batch for exact, n_t for mc."""
     diffusion, net = module.diffusion, module.net
     b, T = x0.shape[0], diffusion.T
-    reps = n_t if estimator == "mc" else 1
-    xb = x0.repeat(reps, *([1] * (x0.dim() - 1)))
-    t = torch.full((len(xb),), max(2, T // 2), device=x0.device, dtype=torch.long)
+    t = torch.full((b,), max(2, T // 2), device=x0.device, dtype=torch.long)
     sync = torch.cuda.synchronize if x0.device.type == "cuda" else None
-    per_call = time_per_call(lambda: diffusion.kl_term(net, xb, t), n=2, sync=sync)
-    calls = (T - 1) if estimator == "exact" else 1
+    per_call = time_per_call(lambda: diffusion.kl_term(net, x0, t, keys=keys), sync=sync)
+    calls = (T - 1) if estimator == "exact" else n_t
     return per_call * calls * n / b
 
 
@@ -119,7 +117,7 @@ def per_example_bound(module: DiffusionModule, dm: DataModule, *, split: str = "
             keys = Keys(seed, index)  # each example's t, noise and dequantisation: the same in any batch
             x0 = dm.dequantize(x0, keys=keys)
             if not rows and show:
-                seconds = estimate_seconds(module, x0, estimator, n_t, mine)
+                seconds = estimate_seconds(module, x0, keys, estimator, n_t, mine)
                 announce(f"{estimator} bound: {n:,} examples x {terms:,} terms on {torch.device(device).type}"
                          + (f", {world} processes" if world > 1 else ""), seconds)
             K, L_null = module.bound(x0, estimator, n_t, on_terms=bar.update, keys=keys)
@@ -176,6 +174,7 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
     if nll8 is not None:
         result["nll_bits_per_dim_8bit"] = nll8
     result.update(dm.eval_info())
+    result["provenance"] = provenance(module, dm)  # where the number came from (dpm.tasks.provenance)
     log2_jacobian = dm.raw_log2_jacobian()
     if log2_jacobian is not None:  # the bound on the data as the user gave them (dpm.data.base.DataModule)
         result.update(K_raw=K_mean - log2_jacobian, K_raw_stderr=K_se)

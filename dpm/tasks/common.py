@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.io.files import write_atomic, write_json
+from dpm.io.memory import available_bytes
+from dpm.ranges import count, real
 from dpm.core.posterior import R_OVER_T, DeltaR, perturbation
 from dpm.io.progress import Progress
 from dpm.core.smc import RESAMPLE_BELOW, smc_sample
@@ -27,17 +28,13 @@ def settings(cfg: DictConfig, task: str) -> DictConfig:
 
 
 def positive_int(key: str, value: object) -> int:
-    """value as an int >= 1, else a ValueError naming the key."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r} is invalid: must be a positive integer")
-    return value
+    """value as an integer >= 1 (dpm.ranges), else a ConfigError naming the key."""
+    return count(key, value, 1)
 
 
 def positive_float(key: str, value: object, why: str = "") -> float:
-    """value as a finite float > 0, else a ValueError naming the key."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{key}={value!r} is invalid: must be a finite number > 0{why}")
-    return float(value)
+    """value as a finite number > 0 (dpm.ranges), else a ConfigError naming the key."""
+    return real(key, value, 0, low_open=True, why=why)
 
 
 def check_r_over_t(cfg: DictConfig, allowed: tuple[str, ...] = R_OVER_T) -> str:
@@ -75,7 +72,7 @@ def check_smc_memory(cfg: DictConfig, task: str, n: int, data_shape: tuple[int, 
         index = int(device.split(":")[1]) if ":" in device else 0
         have, where = torch.cuda.get_device_properties(index).total_memory, "the GPU's memory"
     else:
-        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+        have, where = available_bytes(), "the memory available here"
     if need > have:
         raise ValueError(f"{task}.particles={particles} with {task}.n={n} would need about {need / 2**30:,.1f} GiB "
                          f"({SMC_COPIES} arrays of {n} x {particles} x {math.prod(data_shape)} float32), more than "
@@ -159,8 +156,8 @@ def save_npz(path: Path, **arrays: torch.Tensor | np.ndarray | float) -> Path:
 
 
 def finish(out_dir: Path, task: str, result: dict, lines: list[str]) -> dict:
-    """Write out_dir/<task>.json, print the summary lines and the files written; return the result."""
+    """Write out_dir/<task>.json and print the summary lines; return the result. (evaluate.py's last lines name
+    every file written, once.)"""
     write_json(out_dir / f"{task}.json", result)
     print("\n".join(lines))
-    print(f"wrote {', '.join(str(out_dir / f'{task}.{ext}') for ext in ('json', 'png', 'npz'))}")
     return result

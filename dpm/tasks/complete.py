@@ -12,20 +12,18 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import sequence_rows
+from dpm.ranges import count
 from dpm.tasks import common
 
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "complete")
-    if dm.figure_kind != "sequence" or len(dm.data_shape) != 1:
-        raise ValueError(f"task=complete needs sequence data [N, length] (the heartbeat); {dm.name} is "
-                         f"{dm.figure_kind or 'not sequence'} data of shape {tuple(dm.data_shape)} (task=inpaint fills "
-                         "images, task=constrain conditions 2-D points)")
+    if dm.kind != "sequence":  # what the data module says its data are (a user's 0/1 array file too)
+        raise ValueError(f"task=complete needs 0/1 sequence data [N, length] (the heartbeat, or a file of them); "
+                         f"{dm.name} is {dm.kind} data of shape {tuple(dm.data_shape)} (task=inpaint fills images, "
+                         "task=constrain conditions 2-D points)")
     length = dm.data_shape[0]
-    k = s.get("k", 5)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= length:
-        raise ValueError(f"complete.k={k!r} is invalid: the number of given bins must be an integer in "
-                         f"1..{length} (the sequence length)")
+    k = count("complete.k", s.get("k", 5), 1, length, why=" (the given bins, at most the sequence length)")
     n = common.positive_int("complete.n", s.get("n", 1000))
     common.held_out(dm, cfg.split, n, "complete.n")
     over_t = common.check_r_over_t(cfg)

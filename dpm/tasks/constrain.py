@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from dpm.figures.posterior import half_plane_points
 from dpm.core.posterior import SmoothR, perturbation
 from dpm.model.sampling import sample
+from dpm.ranges import real, real_problem
 from dpm.tasks import common
 
 
@@ -35,12 +36,9 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
         raise ValueError(f"task=constrain needs 2-D points (the Swiss roll); {dm.name} has examples of shape "
                          f"{tuple(dm.data_shape)}")
     normal = list(s.get("normal", [1.0, 0.0]))
-    if len(normal) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in normal) \
-            or math.hypot(*normal) == 0:
+    if len(normal) != 2 or any(real_problem(v) for v in normal) or math.hypot(*normal) == 0:
         raise ValueError(f"constrain.normal={normal!r} is invalid: must be two finite numbers, not both 0")
-    offset = s.get("offset", 0.0)
-    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not math.isfinite(offset):
-        raise ValueError(f"constrain.offset={offset!r} is invalid: must be a finite number")
+    offset = real("constrain.offset", s.get("offset", 0.0))
     width = common.positive_float("constrain.width", s.get("width", 0.05), " (the softness of the edge)")
     tolerance = common.positive_float("constrain.tolerance", s.get("tolerance", 0.1))
     n = common.positive_int("constrain.n", s.get("n", 1000))

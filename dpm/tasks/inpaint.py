@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
+from dpm.ranges import real
 from dpm.tasks import common
 
 MASKS = ("centre", "left", "right", "random")
@@ -76,9 +77,7 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "inpaint")
     if dm.kind != "image":
         raise ValueError(f"task=inpaint needs image data; {dm.name} is not (task=complete fills sequences)")
-    fraction = s.get("fraction", 0.5)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"inpaint.fraction={fraction!r} is invalid: must be in (0, 1]")
+    fraction = real("inpaint.fraction", s.get("fraction", 0.5), 0, 1, low_open=True)
     n = common.positive_int("inpaint.n", s.get("n", 16))
     common.held_out(dm, cfg.split, n, "inpaint.n")
     mask = make_mask(str(s.get("mask", "centre")), tuple(dm.data_shape), float(fraction), cfg.seed)

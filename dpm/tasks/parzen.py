@@ -15,6 +15,7 @@ from dpm.core.parzen import choose_sigma, parzen_log_likelihood, sigma_grid
 from dpm.core.stats import mean_and_stderr
 from dpm.io.progress import Progress
 from dpm.model.sampling import sample
+from dpm.ranges import integer_problem, real_problem
 from dpm.tasks import common
 
 LN2 = math.log(2.0)
@@ -25,14 +26,17 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     if dm.kind != "image":
         raise ValueError(f"task=parzen needs image data (pixel values in [0, 1]); {dm.name} is not "
                          "(use dataset=mnist5k, mnist or digits)")
+    if getattr(dm, "n_levels", None) is None:  # the estimate snaps pixels back onto their grid of levels
+        raise ValueError(f"task=parzen needs images on a grid of grey levels (pixel values k / (n_levels - 1)); "
+                         f"{dm.origin} holds continuous values (dataset.n_levels was null): train with "
+                         "dataset.n_levels=<levels> for integer-valued images")
     n_samples = common.positive_int("parzen.n_samples", s.get("n_samples", 10000))
     n_val = common.positive_int("parzen.n_val", s.get("n_val", 1000))
     n_test = s.get("n_test")
     n_test = len(dm.splits["test"]) if n_test is None else common.positive_int("parzen.n_test", n_test)
     common.held_out(dm, "test", n_test, "parzen.n_test")
     grid = list(s.get("sigma_logspace", [-1.0, 0.0, 10]))
-    if len(grid) != 3 or not all(isinstance(v, (int, float)) for v in grid) or not isinstance(grid[2], int) \
-            or grid[2] < 1:
+    if len(grid) != 3 or real_problem(grid[0]) or real_problem(grid[1]) or integer_problem(grid[2], 1):
         raise ValueError(f"parzen.sigma_logspace={grid!r} is invalid: must be [start, end, steps] for "
                          "torch.logspace (the estimator's is [-1, 0, 10])")
     chunk = common.positive_int("parzen.chunk", s.get("chunk", 250))
