@@ -216,7 +216,7 @@ BAD = [
     ("denoise", "digits", ["denoise.sigma_d=-1.0"], "denoise.sigma_d=-1.0 is invalid"),
     ("denoise", "digits", ["denoise.start=middle"], r"denoise.start='middle' is unknown; valid choices: \['observed'"),
     ("denoise", "digits", ["denoise.n=100000"], "denoise.n=100000 is more than the 400 examples of the test split"),
-    ("denoise", "heartbeat", [], "task=denoise needs gaussian diffusion"),
+    ("denoise", "heartbeat", [], r"task=denoise needs a kernel that takes a Gaussian r \(GaussianR\); binomial diffusion"),
     ("complete", "heartbeat", ["complete.k=0"], r"complete.k=0 is invalid: .* in 1..20"),
     ("complete", "heartbeat", ["complete.k=21"], r"complete.k=21 is invalid: .* in 1..20"),
     ("complete", "digits", [], "task=complete needs sequence data"),

@@ -78,14 +78,16 @@ def _build(node: str, sub: DictConfig, **kwargs: Any) -> Any:
 
 
 def with_fitted_prior(cfg: DictConfig, dm: DataModule) -> DictConfig:
-    """cfg with a binomial prior given as diffusion.p=null fitted to the data: the training split's mean activity
-    (the heartbeat's B(0.2) is its data's, docs/paper.md §7.2), kept inside (0, 1), recorded in the run's config."""
-    if "p" not in cfg.diffusion or cfg.diffusion.p is not None:
+    """cfg with the diffusion's settings that it leaves to the data (null) fitted to the training split by the kind
+    itself (Diffusion.fitted: the binomial prior's p, ...), recorded in the run's config."""
+    settings = OmegaConf.to_container(cfg.diffusion, resolve=True)
+    fitted = _locate(cfg.diffusion._target_).fitted(settings, dm.splits["train"])
+    if not fitted:
         return cfg
-    p = min(max(dm.splits["train"].double().mean().item(), 1e-3), 1 - 1e-3)
     cfg = cfg.copy()
     with open_dict(cfg):
-        cfg.diffusion.p = p
+        for key, value in fitted.items():
+            cfg.diffusion[key] = value
     return cfg
 
 

@@ -40,5 +40,5 @@ def image(module, dm, path: Path, seed: int = 0, n: int = 64, progress: bool = F
                   interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
-    fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion, T = {diffusion.T}")
+    fig.suptitle(f"{dm.name}: {diffusion.title}, T = {diffusion.T}")
     return save(fig, path)

@@ -36,6 +36,6 @@ def pairs(module, dm, path: Path, seed: int = 0, n: int = 1000, n_coords: int = 
             if j == 0:
                 ax.set_ylabel(f"x[{i}]")
     axes[0, 0].legend(fontsize=7)
-    fig.suptitle(f"{dm.name}: data (below the diagonal) and samples (above), {diffusion.kind} diffusion, "
+    fig.suptitle(f"{dm.name}: data (below the diagonal) and samples (above), {diffusion.title}, "
                  f"T = {diffusion.T}", fontsize=10)
     return save(fig, path)

@@ -60,6 +60,5 @@ def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 
             ax.set_yticks(ticks, [str(labels[i]) for i in ticks])
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    towards = f" towards B({diffusion.p:g})" if hasattr(diffusion, "p") else ""
-    fig.suptitle(f"{dm.name}: {diffusion.kind} diffusion{towards}, T = {T}")
+    fig.suptitle(f"{dm.name}: {diffusion.title}, T = {T}")
     return save(fig, path)

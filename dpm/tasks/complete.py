@@ -12,11 +12,13 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import sequence_rows
+from dpm.core.posterior import DeltaR, check_factor
 from dpm.tasks import common
 
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "complete")
+    check_factor(diffusion, DeltaR, "complete")
     if dm.figure_kind != "sequence" or len(dm.data_shape) != 1:
         raise ValueError(f"task=complete needs sequence data [N, length] (the heartbeat); {dm.name} is "
                          f"{dm.figure_kind or 'not sequence'} data of shape {tuple(dm.data_shape)} (task=inpaint fills "

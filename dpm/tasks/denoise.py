@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
-from dpm.core.posterior import GaussianR, perturbation
+from dpm.core.posterior import GaussianR, check_factor, perturbation
 from dpm.model.sampling import sample
 from dpm.tasks import common
 
@@ -20,7 +20,7 @@ SIGMA_D_RANGE = (1e-3, 1e3)  # noise that float32 images and variances can hold
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "denoise")
-    common.check_kind("denoise", diffusion, ("gaussian",))
+    check_factor(diffusion, GaussianR, "denoise")
     if dm.kind != "image":
         raise ValueError(f"task=denoise needs image data; {dm.name} is not")
     sigma_d = common.positive_float("denoise.sigma_d", s.get("sigma_d", 1.0),

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
+from dpm.core.posterior import DeltaR, check_factor
 from dpm.tasks import common
 
 MASKS = ("centre", "left", "right", "random")
@@ -74,6 +75,7 @@ def read_mask_file(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     """The task's settings, checked against the data before any sampling."""
     s = common.settings(cfg, "inpaint")
+    check_factor(diffusion, DeltaR, "inpaint")
     if dm.kind != "image":
         raise ValueError(f"task=inpaint needs image data; {dm.name} is not (task=complete fills sequences)")
     fraction = s.get("fraction", 0.5)
