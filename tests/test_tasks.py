@@ -220,7 +220,7 @@ BAD = [
     ("complete", "heartbeat", ["complete.k=0"], r"complete.k=0 is invalid: .* in 1..20"),
     ("complete", "heartbeat", ["complete.k=21"], r"complete.k=21 is invalid: .* in 1..20"),
     ("complete", "digits", [], "task=complete needs sequence data"),
-    ("complete", "swiss_roll", [], "task=complete needs sequence data .* swiss_roll is points2d data"),
+    ("complete", "swiss_roll", [], r"task=complete needs sequence data .* swiss_roll holds vectors of shape \(2,\)"),
     ("constrain", "swiss_roll", ["constrain.width=0"], "constrain.width=0 is invalid"),
     ("constrain", "swiss_roll", ["constrain.normal=[0,0]"], "constrain.normal=.* not both 0"),
     ("constrain", "digits", [], "task=constrain needs 2-D points"),

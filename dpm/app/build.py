@@ -52,9 +52,9 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     module = DiffusionModule(
         net, diffusion, optimizer=_build("optimizer", cfg.optimizer),
         lr_scheduler=_build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
+        units_per_example=dm.kind.units_per_example, unit=dm.kind.unit, val_n_t=cfg.val_n_t,
         run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize,
-        dequantization_width=dm.dequantization_width, compile=bool(cfg.get("compile")))
+        dequantization_width=dm.kind.dequantization_width, compile=bool(cfg.get("compile")))
     if cfg.get("compile"):
         # in place, for evaluation, validation and sampling (training compiles its whole loss, the module's
         # compile): the network module stays itself, so its state_dict keys stay those of a plain one
@@ -81,7 +81,7 @@ def with_fitted_prior(cfg: DictConfig, dm: DataModule) -> DictConfig:
     """cfg with the diffusion's settings that it leaves to the data (null) fitted to the training split by the kind
     itself (Diffusion.fitted: the binomial prior's p, ...), recorded in the run's config."""
     settings = OmegaConf.to_container(cfg.diffusion, resolve=True)
-    fitted = _locate(cfg.diffusion._target_).fitted(settings, dm.splits["train"])
+    fitted = _locate(cfg.diffusion._target_).fitted(settings, dm.splits["train"], dm.kind.classes)
     if not fitted:
         return cfg
     cfg = cfg.copy()

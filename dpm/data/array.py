@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpm.data.base import SPLITS
+from dpm.data.base import SPLITS, DataKind
 from dpm.data.images import ImageDataModule, carve_splits
 from dpm.errors import ConfigError
 
@@ -119,7 +119,6 @@ class ArrayDataModule(ImageDataModule):
     """
 
     name = "array"
-    figure_kind = ""  # chosen from the shape (DataModule.kind)
     location_keys = ("path",)
 
     def __init__(self, path: str | None = None, n_train: int | None = None, n_val: int | None = None,
@@ -156,11 +155,11 @@ class ArrayDataModule(ImageDataModule):
         if ndim == 3:  # [N, H, W]: one channel
             parts = {k: a[:, None] for k, a in parts.items()}
         if ndim >= 3:
-            self.data_kind, self.unit = "image", "bits/pixel"
+            self.data_kind = "image"
             parts = {k: self._image_values(k, a) for k, a in parts.items()}
         else:
             binary = all(np.isin(a, (0.0, 1.0)).all() for a in parts.values())
-            self.data_kind, self.unit = ("sequence", "bits/seq") if binary else ("vectors", "bits")
+            self.data_kind = "sequence" if binary else "vectors"
             if self.n_levels is not None:
                 raise ConfigError(f"dataset.n_levels={self.n_levels} applies to images; dataset.path={self.path} "
                                   f"holds {self.data_kind} of shape {tuple(parts['train'].shape)}: drop n_levels")
@@ -201,9 +200,14 @@ class ArrayDataModule(ImageDataModule):
             return shift.float(), scale
         return super().fit_normalization(train)
 
-    @property
-    def units_per_example(self) -> int:
-        return super().units_per_example if self.data_kind == "image" else 1
+    def describe(self) -> DataKind:
+        """From the file: images as the built-in ones; 0/1 sequences K in bits/seq; vectors K in bits per example."""
+        self.load()
+        if self.data_kind == "image":
+            return super().describe()
+        if self.data_kind == "sequence":
+            return DataKind("sequence", "bits/seq", figure="sequence", classes=2)
+        return DataKind("vectors", "bits", figure="points2d" if self.data_shape == (2,) else "pairs")
 
     @property
     def dequantization_width(self) -> float:
@@ -235,4 +239,4 @@ class ArrayDataModule(ImageDataModule):
         """x_file = x * scale_file + shift_file elementwise: log2 |det| = D log2(scale_file) per example, per pixel
         for images (K is per spatial pixel there)."""
         D = math.prod(self.data_shape)
-        return D * math.log2(self.scale * self.value_scale) / self.units_per_example
+        return D * math.log2(self.scale * self.value_scale) / self.kind.units_per_example

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpm.data.base import DataModule
+from dpm.data.base import DataKind, DataModule
 from dpm.core.keyed import Keys
 from dpm.core.keyed import dequantize as keyed_dequantize
 from dpm.core.keyed import dequantize_with
@@ -101,8 +101,6 @@ class ImageDataModule(DataModule):
     code used one minibatch), saved in the checkpoint.
     """
 
-    unit = "bits/pixel"
-    figure_kind = "image"
     location_keys = ("data_dir",)
     n_levels = 256  # grey levels per channel; 256 for 8-bit images
 
@@ -147,11 +145,11 @@ class ImageDataModule(DataModule):
         return dequantize_with(x0, torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype), w)
 
     # ---- reporting ----------------------------------------------------------------------------------
-    @property
-    def units_per_example(self) -> int:
-        """Spatial pixels per image, H x W: K in bits/pixel sums over colour channels (docs/paper.md §3.4)."""
+    def describe(self) -> DataKind:
+        """Images: K in bits per spatial pixel, H x W of them per image (summed over colour channels, docs/paper.md
+        §3.4), dequantised over the width of `dequantization`."""
         H, W = self.data_shape[-2:]
-        return H * W
+        return DataKind("image", "bits/pixel", H * W, self.dequantization_width, "image")
 
     def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
         """An upper bound on the negative log2-likelihood, per dimension, of the discrete (n_levels-level)

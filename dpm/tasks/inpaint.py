@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from dpm.figures.image import pixels
 from dpm.figures.posterior import image_rows
 from dpm.core.posterior import DeltaR, check_factor
 from dpm.tasks import common
@@ -76,7 +77,7 @@ def check(cfg: DictConfig, dm, diffusion) -> dict:
     """The task's settings, checked against the data before any sampling."""
     s = common.settings(cfg, "inpaint")
     check_factor(diffusion, DeltaR, "inpaint")
-    if dm.kind != "image":
+    if dm.kind.data != "image":
         raise ValueError(f"task=inpaint needs image data; {dm.name} is not (task=complete fills sequences)")
     fraction = s.get("fraction", 0.5)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
@@ -102,8 +103,8 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dic
                     shift=dm.shift, scale=dm.scale, **filled.arrays)
     start = ("start x_T (noise in the region to fill)" if s["particles"] == 1 else
              "start x_T (noise; known pixels at their forward draw y_T)")  # SMC starts from y_T, not the values
-    image_rows({"original": dm.denormalize(x0).cpu(), start: dm.denormalize(x_T).cpu(),
-                "inpainted sample": dm.denormalize(result).cpu()},
+    image_rows({"original": pixels(dm, x0.cpu()), start: pixels(dm, x_T.cpu()),
+                "inpainted sample": pixels(dm, result.cpu())},
                out_dir / "inpaint.png", f"{dm.name}: inpainting, mask {s['mask']}, {filled.method}")
     out = {"task": "inpaint", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "mask": s["mask"],
            "n_missing_per_image": int(s["missing"].sum()), **filled.record, "known_pixels_exact": exact,
