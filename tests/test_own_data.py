@@ -24,6 +24,7 @@ from dpm.app.rundir import holds_results
 from dpm.app.train import train
 from dpm.data.array import ArrayDataModule
 from dpm.data.folder import FolderDataModule
+from dpm.data.images import ImageDataModule
 from dpm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,7 @@ def test_array_kinds_shapes_and_normalisation(tmp_path):
     np.save(tmp_path / "im.npy", rng.integers(0, 256, (60, 6, 6), dtype=np.uint8))
     vectors = ready(ArrayDataModule(path=str(tmp_path / "v.npy")))
     assert vectors.data_shape == (3,) and vectors.kind.figure == "pairs" and vectors.kind.unit == "bits"
+    assert not isinstance(vectors, ImageDataModule)  # no pixel machinery for vectors
     assert {k: len(v) for k, v in vectors.splits.items()} == {"train": 160, "val": 20, "test": 20}
     assert abs(vectors.splits["train"].mean().item()) < 1e-5 and abs(vectors.splits["train"].var().item() - 1) < 0.02
     binary = ready(ArrayDataModule(path=str(tmp_path / "b.npy")))

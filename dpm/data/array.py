@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpm.data.base import SPLITS, DataKind
-from dpm.data.images import ImageDataModule, carve_splits
+from dpm.core.keyed import Keys
+from dpm.data.base import SPLITS, DataKind, DataModule
+from dpm.data.images import DEQUANTIZATIONS, carve_splits, dequantization_width, dequantize_images, nll_upper_bound
 from dpm.errors import ConfigError
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt", ".pt")
@@ -109,13 +110,15 @@ def check_values(path: Path, name: str, a: np.ndarray) -> np.ndarray:
     return a
 
 
-class ArrayDataModule(ImageDataModule):
+class ArrayDataModule(DataModule):
     """Examples from one file (module docstring). Splits given in the file are used; missing ones are disjoint
     fixed-seed parts of the training array (n_val, then n_test, then n_train; null val / test: a tenth each).
 
-    n_levels (images only): grey levels per channel of integer-valued images (256 for 8-bit); null: the values are
-    continuous and not dequantised. The image machinery is used only for images; other shapes report in bits
-    (vectors) or bits/seq (0/1 sequences) per example.
+    What the file holds fixes the data set's kind (describe): vectors, 0/1 sequences or images. Only images are
+    quantised pixels: n_levels (images only) is their grey levels per channel (256 for 8-bit; null: continuous
+    values, not dequantised), dequantization the width of the noise over one level (dpm.data.images'
+    dequantization_width, dequantize_images and nll_upper_bound, as for the built-in images); vectors and sequences
+    report in bits or bits/seq per example and are never dequantised.
     """
 
     name = "array"
@@ -124,8 +127,11 @@ class ArrayDataModule(ImageDataModule):
     def __init__(self, path: str | None = None, n_train: int | None = None, n_val: int | None = None,
                  n_test: int | None = None, n_levels: int | None = None, dequantization: str = "bin",
                  batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__(data_dir=".", dequantization=dequantization, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        if dequantization not in DEQUANTIZATIONS:
+            raise ValueError(f"dataset.dequantization={dequantization!r} is unknown; valid choices: "
+                             f"{list(DEQUANTIZATIONS)}")
+        self.dequantization = dequantization
         self.path = require_path(path, f"a file: {', '.join(SUFFIXES)} holding {SHAPES}",
                                  "python train.py dataset=array dataset.path=FILE (.npy, .npz, .csv, .txt or .pt)")
         if n_levels is not None and int(n_levels) < 2:
@@ -198,32 +204,46 @@ class ArrayDataModule(ImageDataModule):
                 raise ConfigError(f"dataset.path={self.path}: the training examples are all the same, so they "
                                   "cannot be scaled to unit variance")
             return shift.float(), scale
-        return super().fit_normalization(train)
+        return super().fit_normalization(train)  # images: one global mean and scalar, as the built-in ones
 
     def describe(self) -> DataKind:
-        """From the file: images as the built-in ones; 0/1 sequences K in bits/seq; vectors K in bits per example."""
+        """From the file: images as the built-in ones (bits per spatial pixel, dequantised over one level when
+        n_levels is given); 0/1 sequences K in bits/seq; vectors K in bits per example."""
         self.load()
         if self.data_kind == "image":
-            return super().describe()
+            H, W = self.data_shape[-2:]
+            return DataKind("image", "bits/pixel", H * W, self.dequantization_width, "image")
         if self.data_kind == "sequence":
             return DataKind("sequence", "bits/seq", figure="sequence", classes=2)
         return DataKind("vectors", "bits", figure="points2d" if self.data_shape == (2,) else "pairs")
 
+    # ---- images only: quantised pixels ------------------------------------------------------------------
+    @property
+    def bin_width(self) -> float:
+        """One grey level in raw units, 1 / (n_levels - 1); 0 for continuous values and for anything but images."""
+        return 1.0 / (self.n_levels - 1) if self.n_levels else 0.0
+
     @property
     def dequantization_width(self) -> float:
-        """Only images are dequantised (vectors are continuous; 0/1 sequences are the binomial kind's states): the
-        width the training step's draw and `dequantize` both read."""
+        """The width of the noise over one level, normalised (images with n_levels); 0 for anything else."""
         self.load()  # the file says what the data are
-        return super().dequantization_width if self.data_kind == "image" else 0.0
+        if self.data_kind != "image" or not self.n_levels:
+            return 0.0
+        if self.scale is None:
+            self.setup()
+        return dequantization_width(self.dequantization, self.bin_width, self.scale)
+
+    def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        return dequantize_images(x0, self.kind.dequantization_width, keys, generator)
 
     def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
         if self.data_kind != "image" or self.n_levels is None:
             return None
-        return super().nll_bits_per_dim(K_bits_per_dim)
+        return nll_upper_bound(K_bits_per_dim, self.kind.dequantization_width, self.bin_width, self.scale)
 
-    @property
-    def bin_width(self) -> float:
-        return 1.0 / (self.n_levels - 1) if self.n_levels else 0.0
+    def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
+        return self.nll_bits_per_dim(K_bits_per_dim) if self.n_levels == 256 else None
 
     def eval_info(self) -> dict:
         """The file, what it was read as, and the normalisation in the file's units: x = (file - shift) / scale."""
@@ -232,7 +252,7 @@ class ArrayDataModule(ImageDataModule):
                 "scale": self.scale * self.value_scale}
         if self.data_kind == "image":
             info.update(n_levels=self.n_levels, dequantization=self.dequantization,
-                        dequantization_width=self.dequantization_width)
+                        dequantization_width=self.kind.dequantization_width)
         return info
 
     def raw_log2_jacobian(self) -> float:
