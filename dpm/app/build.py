@@ -39,7 +39,10 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
         dm.prepare_data()
     dm.setup()
     check_splits(dm)
-    cfg = with_fitted_prior(cfg, dm)
+    try:
+        cfg = with_fitted_prior(cfg, dm)
+    except ValueError as err:  # the kind refuses data it cannot fit its settings to
+        raise ConfigError(f"{dm.origin}: {err}") from None
     schedule = _build("schedule", cfg.schedule, T=cfg.T)
     diffusion = _build("diffusion", cfg.diffusion, schedule=schedule)
     try:

@@ -7,6 +7,9 @@ loaded. The shape says what the data are:
   [N, L] of 0 / 1: binary sequences, left as bits (as the heartbeat), so diffusion=binomial applies;
   [N, H, W] or [N, C, H, W]: images; with n_levels, integer levels 0..n_levels-1 (or values k / (n_levels - 1)),
   dequantised over one bin and reported in bits/pixel (nll_bits_per_dim_8bit at 256 levels), as the built-in images.
+With n_classes (C, or auto: the largest value + 1) the values are integer classes 0..C-1 of any of these shapes,
+kept as they are (no scaling, no dequantisation) for categorical diffusion: [N, L] sequences in bits/seq, [N, H, W] /
+[N, C, H, W] class maps or quantised images in bits/pixel.
 eval.json records the normalisation (shift, scale, in the file's units) and K_raw, the bound on the log-likelihood
 of the values as the file holds them.
 """
@@ -26,6 +29,7 @@ from dpm.errors import ConfigError
 
 SUFFIXES = (".npy", ".npz", ".csv", ".txt", ".pt")
 SHAPES = "[N, D] vectors, [N, L] 0/1 sequences, [N, H, W] or [N, C, H, W] images"
+AUTO = "auto"  # dataset.n_classes=auto: the classes are 0..(the largest value)
 
 
 def require_path(path: str | None, what: str, how: str) -> Path:
@@ -114,11 +118,12 @@ class ArrayDataModule(DataModule):
     """Examples from one file (module docstring). Splits given in the file are used; missing ones are disjoint
     fixed-seed parts of the training array (n_val, then n_test, then n_train; null val / test: a tenth each).
 
-    What the file holds fixes the data set's kind (describe): vectors, 0/1 sequences or images. Only images are
-    quantised pixels: n_levels (images only) is their grey levels per channel (256 for 8-bit; null: continuous
-    values, not dequantised), dequantization the width of the noise over one level (dpm.data.images'
-    dequantization_width, dequantize_images and nll_upper_bound, as for the built-in images); vectors and sequences
-    report in bits or bits/seq per example and are never dequantised.
+    What the file holds fixes the data set's kind (describe): vectors, 0/1 sequences or images, or with n_classes
+    (an integer C, or "auto" for the largest value + 1) integer classes 0..C-1 as sequences or images. Only images
+    of real values are quantised pixels: n_levels (those images only) is their grey levels per channel (256 for
+    8-bit; null: continuous values, not dequantised), dequantization the width of the noise over one level
+    (dpm.data.images' dequantization_width, dequantize_images and nll_upper_bound, as for the built-in images);
+    vectors, sequences and classes are never dequantised.
     """
 
     name = "array"
@@ -126,7 +131,8 @@ class ArrayDataModule(DataModule):
 
     def __init__(self, path: str | None = None, n_train: int | None = None, n_val: int | None = None,
                  n_test: int | None = None, n_levels: int | None = None, dequantization: str = "bin",
-                 batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0, seed: int = 0) -> None:
+                 n_classes: int | str | None = None, batch_size: int = 256, eval_batch_size: int = 1024,
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
         if dequantization not in DEQUANTIZATIONS:
             raise ValueError(f"dataset.dequantization={dequantization!r} is unknown; valid choices: "
@@ -138,6 +144,14 @@ class ArrayDataModule(DataModule):
             raise ConfigError(f"dataset.n_levels={n_levels} is invalid: give at least 2 levels, or null for "
                               "continuous values")
         self.n_levels = None if n_levels is None else int(n_levels)
+        if n_classes is not None and n_classes != AUTO and (
+                isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
+            raise ConfigError(f"dataset.n_classes={n_classes!r} is invalid: the number of classes (an integer >= 2), "
+                              f"{AUTO} (the largest value + 1), or null for values that are not classes")
+        if n_classes is not None and n_levels is not None:
+            raise ConfigError(f"dataset.n_classes={n_classes} and dataset.n_levels={n_levels} exclude each other: "
+                              "classes are kept as they are; n_levels is for images of real values")
+        self.n_classes = n_classes  # None, an int, or AUTO until the file is read (load)
         self.counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self.data_kind = ""  # "vectors", "sequence" or "image", from the file (load)
         self.value_scale = 1.0  # file value = value_scale x raw value (n_levels - 1 for integer levels, else 1)
@@ -160,7 +174,10 @@ class ArrayDataModule(DataModule):
         ndim = parts["train"].ndim
         if ndim == 3:  # [N, H, W]: one channel
             parts = {k: a[:, None] for k, a in parts.items()}
-        if ndim >= 3:
+        if self.n_classes is not None:
+            self.data_kind = "image" if ndim >= 3 else "sequence"
+            self._check_classes(parts)
+        elif ndim >= 3:
             self.data_kind = "image"
             parts = {k: self._image_values(k, a) for k, a in parts.items()}
         else:
@@ -172,6 +189,20 @@ class ArrayDataModule(DataModule):
         tensors = {k: torch.from_numpy(a.astype(np.float32)) for k, a in parts.items()}
         self._raw = carve_splits(tensors, f"dataset.path={self.path}", self.seed, **self.counts)
         return self._raw
+
+    def _check_classes(self, parts: dict[str, np.ndarray]) -> None:
+        """Every value an integer class 0..C-1 (C = n_classes, or the largest value + 1 for auto), else refused."""
+        if self.n_classes == AUTO:
+            self.n_classes = max(2, int(max(a.max() for a in parts.values())) + 1)
+        top = self.n_classes - 1
+        for name, a in parts.items():
+            bad = (a != np.round(a)) | (a < 0) | (a > top)
+            if bad.any():
+                where = f" (array {name!r})" if name != "train" else ""
+                raise ConfigError(f"dataset.path={self.path}{where}: with dataset.n_classes={self.n_classes} every "
+                                  f"value must be an integer class 0..{top}; {int(bad.sum())} are not, e.g. "
+                                  f"{a[bad].ravel()[:3].tolist()}. Give the number of classes, or auto (the "
+                                  "largest value + 1), or null for values that are not classes")
 
     def _image_values(self, name: str, a: np.ndarray) -> np.ndarray:
         """Image values as raw floats: integer levels k -> k / (n_levels - 1) in [0, 1] (as the built-in images),
@@ -195,8 +226,8 @@ class ArrayDataModule(DataModule):
 
     def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
         self.load()
-        if self.data_kind == "sequence":
-            return torch.zeros(()), 1.0  # bits stay bits (binomial diffusion models them)
+        if self.data_kind == "sequence" or self.n_classes is not None:
+            return torch.zeros(()), 1.0  # bits stay bits, classes stay classes
         if self.data_kind == "vectors":  # per coordinate mean, one scalar for all (as the Swiss roll)
             shift = train.double().mean(0)
             scale = (train.double() - shift).pow(2).mean().sqrt().item()
@@ -212,9 +243,9 @@ class ArrayDataModule(DataModule):
         self.load()
         if self.data_kind == "image":
             H, W = self.data_shape[-2:]
-            return DataKind("image", "bits/pixel", H * W, self.dequantization_width, "image")
+            return DataKind("image", "bits/pixel", H * W, self.dequantization_width, "image", self.n_classes)
         if self.data_kind == "sequence":
-            return DataKind("sequence", "bits/seq", figure="sequence", classes=2)
+            return DataKind("sequence", "bits/seq", figure="sequence", classes=self.n_classes or 2)
         return DataKind("vectors", "bits", figure="points2d" if self.data_shape == (2,) else "pairs")
 
     # ---- images only: quantised pixels ------------------------------------------------------------------
@@ -250,7 +281,9 @@ class ArrayDataModule(DataModule):
         shift = (self.shift.double() * self.value_scale).tolist()
         info = {"path": str(self.path), "data_kind": self.data_kind, "shift": shift,
                 "scale": self.scale * self.value_scale}
-        if self.data_kind == "image":
+        if self.n_classes is not None:
+            info.update(n_classes=self.n_classes)
+        elif self.data_kind == "image":
             info.update(n_levels=self.n_levels, dequantization=self.dequantization,
                         dequantization_width=self.kind.dequantization_width)
         return info
