@@ -51,8 +51,12 @@ def sequence(module, dm, path: Path, seed: int = 0, n: int = 500, n_show: int = 
     if dm.patterns is not None:  # how many samples are one of the patterns the data are drawn from
         valid = (samples.cpu()[:, None] == dm.patterns[None]).flatten(2).all(2).any(1).float().mean().item()
         about = f"{100 * valid:.1f}% of {n} are training patterns"
+    elif dm.kind.classes and dm.kind.classes > 2:  # class frequencies of the samples beside the data's
+        freq = lambda x: ", ".join(f"{v:.2f}" for v in torch.bincount(  # noqa: E731
+            x.long().flatten().cpu(), minlength=dm.kind.classes)[:dm.kind.classes].div(x.numel()).tolist())
+        about = f"classes {freq(samples)}; data {freq(dm.splits['train'])}"
     else:
-        about = f"mean {samples.mean().item():.3f}, data {dm.splits['train'].mean().item():.3f}"
+        about = f"mean activity {samples.mean().item():.3f}, data {dm.splits['train'].mean().item():.3f}"
     panels = [
         (train.cpu(), "training sequences", "example"),
         (samples[:n_show].cpu(), f"samples ({about})", "sample"),
