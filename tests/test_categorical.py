@@ -238,6 +238,43 @@ def test_clamp_and_smc_keep_the_known_positions():
     assert torch.equal(result.x0[known], x_known[known]) and set(result.x0.unique().tolist()) <= {0.0, 1.0, 2.0}
 
 
+# ---- the evaluate tasks on classes ----------------------------------------------------------------------------
+def test_completion_inpainting_and_figures_on_classes(tmp_path):
+    from dpm.data.array import ArrayDataModule
+    from dpm.model.module import DiffusionModule
+    from dpm.tasks import TASKS
+    from tests.helpers import ConstantNet
+
+    def task(name, dm, module, *overrides):
+        cfg = compose(["ckpt_path=unused", f"task={name}", "progress=false", *overrides], config_name="evaluate")
+        return TASKS[name](module, dm, cfg, tmp_path / name, torch.device("cpu"))
+
+    def model(net, d):
+        return DiffusionModule(net, d, optimizer=lambda params: torch.optim.Adam(params)).eval()
+
+    markov = MarkovDataModule(n_train=50, n_val=10, n_test=30)
+    markov.setup()
+    m = model(random_mlp(20, 4, 10, seed=0), categorical(T=10, C=4))
+    for particles in (1, 3):
+        done = task("complete", markov, m, "complete.k=6", "complete.n=12", f"complete.particles={particles}")
+        result = np.load(tmp_path / "complete" / "complete.npz")["result"]
+        assert done["known_bins_exact"] is True and set(np.unique(result)) <= {0.0, 1.0, 2.0, 3.0}
+    assert (tmp_path / "complete" / "complete.png").is_file()
+    task("sample", markov, m)
+    assert (tmp_path / "sample" / "samples.png").stat().st_size > 10_000
+    np.save(tmp_path / "maps.npy", np.random.default_rng(0).integers(0, 3, (40, 8, 8)))
+    maps = ArrayDataModule(path=str(tmp_path / "maps.npy"), n_classes=3, n_val=5, n_test=10)
+    maps.setup()
+    m = model(ConstantNet(3), categorical(T=10, C=3))
+    done = task("inpaint", maps, m, "inpaint.n=6", "inpaint.mask=left")
+    assert done["known_pixels_exact"] is True and 0 <= done["missing_equal_fraction"] <= 1
+    task("sample", maps, m)
+    assert (tmp_path / "sample" / "samples.png").is_file()
+    with pytest.raises(ValueError, match=r"task=denoise needs a kernel that takes a Gaussian r \(GaussianR\); "
+                                         r"categorical diffusion's kernels take DeltaR"):
+        task("denoise", maps, m)
+
+
 # ---- settings and refusals ---------------------------------------------------------------------------------------
 def test_settings_are_checked_and_fitted():
     with pytest.raises(ValueError, match="diffusion.n_classes=1 is invalid"):
@@ -322,3 +359,49 @@ def test_binarised_mnist5k_is_bits_on_the_mnist5k_splits():
     for split in ("train", "val", "test"):  # the same images, thresholded at half of white
         assert torch.equal(bits.splits[split], (grey.denormalize(grey.splits[split]) >= 127.5 / 255).float())
     assert 0.1 < bits.splits["train"].mean().item() < 0.2
+
+
+# ---- trained models (slow): the bound below the exact likelihood, samples with the data's marginals -------------
+MARKOV_QUICK = ["dataset=markov", "T=50", "dataset.n_train=5000", "dataset.n_val=500", "dataset.n_test=1000",
+                "trainer.val_check_interval=1000", "trainer.enable_progress_bar=false", "latest_link=null",
+                "progress=false", "callbacks=minimal", "logger=none"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("iid", [False, True], ids=["markov", "iid"])
+def test_trained_K_stays_below_the_exact_likelihood_with_the_gap_in_eval_json(tmp_path, iid):
+    import json
+
+    from dpm.app.train import train
+
+    train(compose([*MARKOV_QUICK, f"dataset.iid={str(iid).lower()}", "trainer.max_steps=2000"]), tmp_path / "run")
+    saved = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert saved["diffusion"] == "categorical" and saved["estimator"] == "exact" and saved["unit"] == "bits/seq"
+    assert saved["gap_to_truth"] == pytest.approx(saved["K"] - saved["true_log_likelihood"], abs=1e-9)
+    assert saved["gap_to_truth"] + 2 * saved["gap_to_truth_stderr"] < 0  # a bound: below the truth
+    assert saved["K_minus_L_null"] > 1.0  # and the model learned more than the prior's class frequencies
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_samples_of_a_trained_model_have_the_data_marginals(tmp_path):
+    """With a uniform prior the network alone must learn the classes' frequencies (the data's are far from uniform):
+    each position's class frequencies of 4,000 samples against the data's, within 4 standard errors."""
+    from dpm.app.train import train
+    from dpm.model.sampling import sample
+
+    cfg = compose([*MARKOV_QUICK, "diffusion.prior=uniform", "trainer.max_steps=2000", "test_at_end=false"])
+    train(cfg, tmp_path / "run")
+    from dpm.app.build import restore
+    from dpm.app.checkpoint import load_checkpoint
+
+    dm, module, _ = restore(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    module.eval()
+    x, _ = sample(module, (4000, 20), torch.Generator().manual_seed(0), "sampling", False)
+    data = torch.cat([dm.splits["train"], dm.splits["test"]])
+    f_s = torch.stack([(x == k).double().mean(0) for k in range(4)])  # [C, L]
+    f_d = torch.stack([(data == k).double().mean(0) for k in range(4)])
+    se = (f_d * (1 - f_d) * (1 / len(x) + 1 / len(data))).sqrt()
+    assert (f_d - 0.25).abs().max() > 0.1  # far from the prior's
+    assert ((f_s - f_d).abs() / se).max() < 4

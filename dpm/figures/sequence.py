@@ -15,11 +15,10 @@ def colours(classes: int | None) -> dict:
     """imshow's colour settings for sequences of `classes` states: bits (or real values in [0, 1]) grey, black for 1;
     C > 2 classes one colour each; NaN (an unknown bin) light grey."""
     if classes is None or classes == 2:
-        cmap, vmax = plt.get_cmap("gray_r").copy(), 1
+        cmap, vmax = plt.get_cmap("gray_r"), 1
     else:
-        cmap, vmax = plt.get_cmap("viridis", classes).copy(), classes - 1
-    cmap.set_bad("0.85")
-    return {"cmap": cmap, "vmin": 0, "vmax": vmax}
+        cmap, vmax = plt.get_cmap("viridis", classes), classes - 1
+    return {"cmap": cmap.with_extremes(bad="0.85"), "vmin": 0, "vmax": vmax}
 
 
 @torch.no_grad()

@@ -109,7 +109,10 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dic
     out = {"task": "inpaint", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "mask": s["mask"],
            "n_missing_per_image": int(s["missing"].sum()), **filled.record, "known_pixels_exact": exact,
            "mse_missing": mse}
-    return common.finish(out_dir, "inpaint", out, [
-        f"inpaint {dm.name}: {s['n']} {cfg.split} images, {out['n_missing_per_image']} pixels filled per image",
-        *filled.lines, f"known pixels equal the given values exactly: {exact}",
-        f"MSE of filled pixels to the originals (normalised units): {mse:.4f}"])
+    lines = [f"inpaint {dm.name}: {s['n']} {cfg.split} images, {out['n_missing_per_image']} pixels filled per image",
+             *filled.lines, f"known pixels equal the given values exactly: {exact}",
+             f"MSE of filled pixels to the originals (normalised units): {mse:.4f}"]
+    if dm.kind.classes:  # classes: how many filled pixels are the original's class
+        out["missing_equal_fraction"] = (result == x0)[~known].float().mean().item()
+        lines.append(f"filled pixels of the original's class: {100 * out['missing_equal_fraction']:.1f}%")
+    return common.finish(out_dir, "inpaint", out, lines)
