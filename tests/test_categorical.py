@@ -255,8 +255,9 @@ def test_completion_inpainting_and_figures_on_classes(tmp_path):
     markov = MarkovDataModule(n_train=50, n_val=10, n_test=30)
     markov.setup()
     m = model(random_mlp(20, 4, 10, seed=0), categorical(T=10, C=4))
-    for particles in (1, 3):
-        done = task("complete", markov, m, "complete.k=6", "complete.n=12", f"complete.particles={particles}")
+    for particles, over_t in ((1, "constant"), (1, "diffused"), (3, "constant")):
+        done = task("complete", markov, m, "complete.k=6", "complete.n=12", f"complete.particles={particles}",
+                    f"r_over_t={over_t}")
         result = np.load(tmp_path / "complete" / "complete.npz")["result"]
         assert done["known_bins_exact"] is True and set(np.unique(result)) <= {0.0, 1.0, 2.0, 3.0}
     assert (tmp_path / "complete" / "complete.png").is_file()
@@ -369,18 +370,21 @@ MARKOV_QUICK = ["dataset=markov", "T=50", "dataset.n_train=5000", "dataset.n_val
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("iid", [False, True], ids=["markov", "iid"])
-def test_trained_K_stays_below_the_exact_likelihood_with_the_gap_in_eval_json(tmp_path, iid):
+@pytest.mark.parametrize("iid,prior", [(False, "null"), (True, "uniform")], ids=["markov", "iid"])
+def test_trained_K_stays_below_the_exact_likelihood_with_the_gap_in_eval_json(tmp_path, iid, prior):
+    """A Markov chain with m fitted to its class frequencies; independent positions with a uniform m (with m fitted
+    to them the zero network would already be their exact reversal, K = truth up to noise)."""
     import json
 
     from dpm.app.train import train
 
-    train(compose([*MARKOV_QUICK, f"dataset.iid={str(iid).lower()}", "trainer.max_steps=2000"]), tmp_path / "run")
+    train(compose([*MARKOV_QUICK, f"dataset.iid={str(iid).lower()}", f"diffusion.prior={prior}",
+                   "trainer.max_steps=1500"]), tmp_path / "run")
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert saved["diffusion"] == "categorical" and saved["estimator"] == "exact" and saved["unit"] == "bits/seq"
     assert saved["gap_to_truth"] == pytest.approx(saved["K"] - saved["true_log_likelihood"], abs=1e-9)
-    assert saved["gap_to_truth"] + 2 * saved["gap_to_truth_stderr"] < 0  # a bound: below the truth
-    assert saved["K_minus_L_null"] > 1.0  # and the model learned more than the prior's class frequencies
+    assert saved["gap_to_truth"] < 3 * saved["gap_to_truth_stderr"]  # a bound: not above the truth
+    assert saved["K_minus_L_null"] > 1.0  # and the model learned more than the prior pi
 
 
 @pytest.mark.slow

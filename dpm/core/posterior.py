@@ -11,9 +11,9 @@ samples by sequential Monte Carlo instead (SMCDiff, Trippe et al. 2022; not in t
 
 Which factors apply is the kind's to say (Diffusion.factors), and a delta r is multiplied in by the kind's own
 Diffusion.clamp. Shapes: a kernel's parameters `p` are the diffusion's params, each [N, *D]: Gaussian (mu, log var),
-binomial (c,) with c = p(x_{t-1} = 1 | x_t). Every factor below is flat where it carries no information (var_r = inf,
-d = 1/2, no known coordinate, log r constant) and then returns p unchanged, bit for bit, so a perturbed sampler
-with a constant r draws exactly the plain sampler's samples (tested).
+binomial (c,) with c = p(x_{t-1} = 1 | x_t), categorical (log p_0, ..., log p_{C-1}). Every factor below is flat
+where it carries no information (var_r = inf, d = 1/2, no known coordinate, log r constant) and then returns p
+unchanged, bit for bit, so a perturbed sampler with a constant r draws exactly the plain sampler's samples (tested).
 """
 
 from __future__ import annotations

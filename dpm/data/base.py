@@ -48,13 +48,6 @@ class DataKind:
             raise ValueError(f"DataKind.classes={self.classes} is invalid: at least 2 classes, or None for real values")
 
 
-def integer_classes(x: torch.Tensor) -> int | None:
-    """C = max + 1 where every value of x is an integer >= 0 (0/1 data: 2), else None."""
-    if x.numel() == 0 or not bool((x == x.round()).all()) or float(x.min()) < 0:
-        return None
-    return max(2, int(x.max()) + 1)
-
-
 def count(key: str, value: object, least: int, why: str = "") -> int:
     """value as an int >= least, else a ValueError naming dataset.<key>: the one check of a data set's counts
     (the config's dataset node is checked here, by the constructor that owns it)."""
