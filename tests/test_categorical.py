@@ -291,6 +291,14 @@ def test_settings_are_checked_and_fitted():
     assert CategoricalDiffusion.fitted({"n_classes": 6, "prior": "uniform"}, x0, classes=4) == {}
     with pytest.raises(ValueError, match="needs integer classes"):
         CategoricalDiffusion.fitted({"n_classes": None, "prior": None}, torch.tensor([[0.5, 1.0]]))
+    # resuming with the command that fitted them (null) continues; another number of classes is refused
+    from dpm.app.resume import check_resume
+
+    old = {"diffusion": {"_target_": "dpm.core.categorical.CategoricalDiffusion", "n_classes": 4,
+                         "prior": [0.4, 0.3, 0.2, 0.1]}}
+    assert check_resume(old, {"diffusion": {**old["diffusion"], "n_classes": None, "prior": None}}, "x.ckpt") == []
+    with pytest.raises(ConfigError, match="diffusion.n_classes: 4 in the checkpoint, 5 now"):
+        check_resume(old, {"diffusion": {**old["diffusion"], "n_classes": 5}}, "x.ckpt")
     with pytest.raises(ConfigError, match="schedule.learned=true is refused with categorical diffusion"):
         build(compose(["dataset=markov", "schedule=learned", "dataset.n_train=20", "dataset.n_val=4",
                        "dataset.n_test=4"]))
