@@ -13,7 +13,8 @@ class RunFailed(RuntimeError):
 
 
 class Interrupted(Exception):
-    """Training stopped by SIGINT (exit 130) or SIGTERM (exit 143) after writing last.ckpt."""
+    """Training stopped by SIGINT (exit 130), SIGTERM (exit 143) or, in a SLURM job, SIGUSR1 / SIGUSR2 (138 / 140:
+    requeued) after writing last.ckpt."""
 
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)

@@ -183,3 +183,29 @@ def test_wandb_sweep_jobs_share_a_group_offline(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     logged = list((sweep / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logged) == 1 and b"report.csv" in logged[0].read_bytes()
+
+
+def test_srun_hint_only_for_several_processes_outside_srun(tmp_path, monkeypatch):
+    """With an srun on PATH (a login node, a workstation with SLURM) Lightning hints at it whenever a Trainer is made
+    outside srun; dpm keeps the hint for a run of several processes (which SLURM should start) and drops it for one."""
+    import shutil
+    import warnings
+
+    from dpm.app.trainer import SRUN_HINT, make_trainer, trainer_settings
+
+    if shutil.which("srun") is None:  # Lightning looks for the name on PATH only
+        (tmp_path / "bin").mkdir()
+        (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "bin" / "srun").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    shown = {}
+    for devices in (1, 2):
+        cfg = compose(["trainer.accelerator=cpu", f"trainer.devices={devices}", "logger=none", "callbacks=minimal",
+                       f"out_dir={tmp_path}"])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(cfg, trainer_settings(cfg))
+        shown[devices] = any(SRUN_HINT in str(w.message) for w in caught)
+    assert shown == {1: False, 2: True}

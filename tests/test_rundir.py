@@ -5,6 +5,7 @@ cleaned at the next start."""
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,53 @@ def test_temporary_files_of_killed_writers_are_removed_and_live_ones_kept(tmp_pa
     assert len(remove_stale_temps(tmp_path)) == 1  # the live writer's, now that it is gone too
     (tmp_path / ".user.tmp").write_text("a user's file that looks like one")
     assert remove_stale_temps(tmp_path) == [] and (tmp_path / ".user.tmp").is_file()
+
+
+FIRST_START = """
+import sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from dpm.app.rundir import claimed_for
+from dpm.errors import Interrupted
+run = Path({run!r})
+try:
+    with claimed_for(run, "training run"):
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "last.ckpt").write_bytes(b"the first start's weights")
+        raise Interrupted(140, "stopped by SIGUSR2")
+except Interrupted:
+    sys.exit(140)
+"""
+
+
+def test_a_slurm_job_started_again_takes_back_its_own_directory_and_nothing_else_does(tmp_path, monkeypatch):
+    """A SLURM job stopped by a signal keeps its claim (in its own process, which then ends); SLURM's next start of
+    the same job takes the directory back, everything in it kept; another job, the same start, or a command outside
+    SLURM is refused."""
+    from dpm.app.rundir import read_claim, requeued_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    env = {**os.environ, "SLURM_JOB_ID": "41", "SLURM_JOB_NAME": "train"}
+    script = FIRST_START.format(root=str(Path(__file__).resolve().parents[1]), run=str(run))
+    assert subprocess.run([sys.executable, "-c", script], env=env).returncode == 140
+    record = read_claim(run)
+    assert record["slurm_job"] == "41" and record["slurm_restart"] == 0  # the claim stayed, naming the job
+
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    for job, restart in (("42", "1"), ("41", "0")):  # another job; the same job's first start again
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", restart)
+        assert not requeued_run(run)
+        with pytest.raises(ConfigError, match="left when its process"):
+            claim(run)
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert requeued_run(run)
+    claim(run)
+    assert read_claim(run)["slurm_restart"] == 1 and requeued_run(run)  # its other tasks still see their own
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == b"the first start's weights"
+    assert not release(run)  # a refusal later in this start removes nothing that was there
+    assert (run / "checkpoints" / "last.ckpt").is_file()

@@ -287,7 +287,7 @@ def slow_ckpt(evil):
 
 
 @pytest.mark.parametrize("pairs", [pytest.param(1, id="1 pair"),
-                                   pytest.param(10, id="10 pairs", marks=pytest.mark.slow)])
+                                   pytest.param(10, id="10 pairs", marks=[pytest.mark.slow, pytest.mark.timeout(3000)])])
 def test_a_command_refused_while_another_holds_the_directory_touches_nothing_of_it(evil, marker, slow_ckpt,
                                                                                    tmp_path, pairs):
     """Pairs of train.py and of evaluate.py into one hydra.run.dir: the second arrives while the first holds the

@@ -282,7 +282,8 @@ TRAIN_RULES: dict[str, Callable[[Any], str | None]] = {
 EVAL_RULES: dict[str, Callable[[Any], str | None]] = {  # the settings evaluate.py's tasks share (each task checks
     "batch_size": _int(1),                                # its own: dpm.tasks)
     "seed": _int(0),
-    "devices": _int(1),  # processes of evaluate.py's Fabric
+    "devices": _int(1),  # processes of evaluate.py's Fabric (on each node)
+    "num_nodes": _int(1),  # nodes of `devices` processes each (torchrun, srun)
 }
 DEVICE_VALUES = "a positive integer, a list of device indices, or 'auto'"
 

@@ -11,7 +11,7 @@ from dpm.app.build import restore
 from dpm.app.checkpoint import WEIGHTS, load_checkpoint
 from dpm.app.checks import EVAL_RULES, check_ranges
 from dpm.app.rundir import claimed_for, global_rank_from_env, write_hydra_record
-from dpm.app.trainer import processes_cleaned_up
+from dpm.app.trainer import check_slurm_layout, processes_cleaned_up
 from dpm.app.trust import TASK_SIGNATURE, trusted_packages, trusted_task
 from dpm.data.base import SPLITS
 from dpm.errors import ConfigError
@@ -43,29 +43,32 @@ def eval_device(name: str) -> torch.device:
 
 
 def fabric_for_devices(cfg: DictConfig):
-    """A lightning.fabric.Fabric (launched by the caller) for evaluate.py devices=N (a task that runs on several
-    processes: bound), or None for one process.
+    """A lightning.fabric.Fabric (launched by the caller) for evaluate.py devices=N [num_nodes=M] (a task that
+    runs on several processes: bound), or None for one process.
 
-    Fabric starts the other processes by re-running this command (as the Trainer does for train.py) or joins
-    those torchrun started (SLURM too, untried here); gloo on CPUs, NCCL on GPUs."""
-    devices = cfg.get("devices", 1)
-    if devices == 1:
+    Fabric starts the other processes of this node by re-running this command (as the Trainer does for train.py),
+    or joins those that torchrun or srun started (then devices x num_nodes must match them: a SLURM job that does
+    not is refused, dpm.app.trainer.check_slurm_layout); gloo on CPUs, NCCL on GPUs."""
+    devices, nodes = cfg.get("devices", 1), cfg.get("num_nodes", 1)
+    if devices == 1 and nodes == 1:
         return None
+    asked = f"devices={devices}" + (f" num_nodes={nodes}" if nodes != 1 else "")
     if not TASKS[cfg.task].processes:
         many = [name for name, task in TASKS.items() if task.processes]
-        raise ConfigError(f"devices={devices} applies to task={'|'.join(many)}; task={cfg.task} runs in one process "
-                          "(choose its device with device=...)")
+        raise ConfigError(f"{asked} applies to task={'|'.join(many)}; task={cfg.task} runs in one process (choose its "
+                          "device with device=...)")
     if cfg.device != "auto":
-        raise ConfigError(f"device={cfg.device} chooses the one device of a single process; with devices={devices} "
-                          "choose the kind with accelerator=cpu|gpu|auto")
+        raise ConfigError(f"device={cfg.device} chooses the one device of a single process; with {asked} choose the "
+                          "kind with accelerator=cpu|gpu|auto")
     from lightning.fabric import Fabric
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        fabric = Fabric(accelerator=cfg.get("accelerator", "auto"), devices=devices,
+        fabric = Fabric(accelerator=cfg.get("accelerator", "auto"), devices=devices, num_nodes=nodes,
                         strategy="ddp", precision="32-true")
     except (MisconfigurationException, ValueError, RuntimeError) as err:
-        raise ConfigError(f"devices={devices} accelerator={cfg.get('accelerator', 'auto')}: {err}") from None
+        raise ConfigError(f"{asked} accelerator={cfg.get('accelerator', 'auto')}: {err}") from None
+    check_slurm_layout(fabric.strategy.cluster_environment, devices, nodes, f"devices={devices}, num_nodes={nodes}")
     return fabric
 
 

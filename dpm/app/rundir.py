@@ -17,7 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
-from dpm.errors import ConfigError
+from dpm.app.slurm import restarts, slurm_job_id
+from dpm.errors import ConfigError, Interrupted
 from dpm.io.files import pid_alive, write_text
 
 HYDRA_LOGS = (".log",)  # Hydra's job log (train.log / evaluate.log) is opened before the task starts
@@ -113,9 +114,13 @@ def _process_start(pid: int) -> str | None:
 
 
 def claim_record(what: str) -> dict:
-    """What a claim file says: the command, and the process that holds the directory (host, pid, start time)."""
-    return {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
-            "time": datetime.now().isoformat(timespec="seconds")}
+    """What a claim file says: the command, and the process that holds the directory (host, pid, start time); in
+    a SLURM batch job also the job and how often SLURM had started it again (requeued_run)."""
+    record = {"what": what, "host": socket.gethostname(), "pid": os.getpid(), "started": _process_start(os.getpid()),
+              "time": datetime.now().isoformat(timespec="seconds")}
+    if slurm_job_id() is not None:
+        record.update(slurm_job=slurm_job_id(), slurm_restart=restarts())
+    return record
 
 
 def read_claim(path: Path) -> dict:
@@ -151,6 +156,8 @@ def claim(path: str | Path, what: str = "training run") -> Path:
     else of a run; otherwise the refusal says so and how to go on.
     """
     path = Path(path)
+    if requeued_run(path):
+        return _take_back(path, what)
     if (path / CLAIM_FILE).exists():
         _take_over_stale(path, what)
     found = holds_results(path)
@@ -165,6 +172,33 @@ def claim(path: str | Path, what: str = "training run") -> Path:
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(claim_record(what)) + "\n")
     _CLAIMED[os.path.abspath(path)] = held
+    return path
+
+
+def requeued_run(path: str | Path) -> bool:
+    """Whether path is this SLURM job's own run directory from before a requeue: its claim (kept when the run was
+    stopped, claimed_for) names this job and a start of it no later than this one. SLURM ends every process of a
+    job before it starts the job again, so nothing else of the job can be writing there. The job's other tasks (DDP
+    ranks) read the claim too: "no later" covers the one rank 0 of this start may have written already. A live
+    process of an earlier start on this host (the same variables set by hand) keeps its directory."""
+    job = slurm_job_id()
+    if job is None or restarts() == 0:
+        return False
+    record = read_claim(Path(path))
+    restart = record.get("slurm_restart")
+    if record.get("slurm_job") != job or not isinstance(restart, int) or restart > restarts():
+        return False
+    # an earlier start's process is gone (SLURM ended it; on another node it cannot be checked from here)
+    return restart == restarts() or record.get("host") != socket.gethostname() or claim_is_stale(record)
+
+
+def _take_back(path: Path, what: str) -> Path:
+    """Claim a directory again for the SLURM job that claimed it before its requeue (requeued_run): a new record,
+    renamed over the old one; what is there stays and is never removed by release()."""
+    tmp = path / f"{CLAIM_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(claim_record(what)) + "\n")
+    os.replace(tmp, path / CLAIM_FILE)
+    _CLAIMED[os.path.abspath(path)] = _entries(path, depth=8)
     return path
 
 
@@ -246,15 +280,21 @@ def release(path: str | Path, keep_logs: bool = False) -> bool:
 def claimed_for(path: str | Path, what: str, rank0: bool = True) -> Iterator[None]:
     """claim(path) for the time of a command on rank 0 (the other ranks share its directory); the claim file goes
     when the command ends, whatever the outcome: from then on what the run wrote keeps other commands out
-    (holds_results), so a claim file found later is always a live command's or a killed one's."""
+    (holds_results), so a claim file found later is always a live command's or a killed one's, or that of a SLURM
+    job stopped by a signal, which SLURM may start again to take its directory back (requeued_run)."""
     if not rank0:
         yield
         return
     claim(path, what)
+    keep = False
     try:
         yield
+    except Interrupted:
+        keep = slurm_job_id() is not None
+        raise
     finally:
-        (Path(path) / CLAIM_FILE).unlink(missing_ok=True)
+        if not keep:
+            (Path(path) / CLAIM_FILE).unlink(missing_ok=True)
 
 
 def _empty_tree(p: Path) -> bool:

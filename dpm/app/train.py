@@ -2,11 +2,14 @@
 
 No Hydra runtime is needed here (train.py passes the run directory), so tests call it directly. Every check that
 can fail runs before the first file is written; a run directory holds one run (dpm.app.rundir); a resumed run
-applies or refuses each changed setting (dpm.app.resume).
+applies or refuses each changed setting (dpm.app.resume); a SLURM job that SLURM started again after a requeue
+resumes from its own last.ckpt in its own directory (dpm.app.requeue).
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -17,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from dpm.app.build import build
 from dpm.app.checkpoint import load_checkpoint
 from dpm.app.checks import check_train_config, resolved
+from dpm.app.requeue import RequeueOnSignal, keep_earlier_metrics
 from dpm.app.resume import check_resume
-from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, write_hydra_record
+from dpm.app.rundir import check_writable, claimed_for, global_rank_from_env, requeued_run, write_hydra_record
+from dpm.app.slurm import restarts, slurm_job_id
 from dpm.app.trainer import check_data_fits, make_trainer, processes_cleaned_up, trainer_settings
 from dpm.app.trust import trusted_packages
 from dpm.data.base import DataModule
@@ -37,6 +42,11 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         cfg.out_dir = str(out_dir)
     cfg = resolved(cfg)  # what is checked is what the Trainer, callbacks and loggers are built from
     check_train_config(cfg)
+    requeued = requeued_run(out_dir)  # this SLURM job's own directory, from its start before a requeue
+    own = out_dir / "checkpoints" / "last.ckpt"
+    if requeued and own.is_file():
+        with open_dict(cfg):
+            cfg.ckpt_path = str(own)
     ckpt_path = cfg.get("ckpt_path")
     changes, start_step = [], 0
     if ckpt_path is not None:
@@ -45,43 +55,56 @@ def train(cfg: DictConfig, out_dir: str | Path, hydra_record: dict[str, str] | N
         changes = check_resume(ckpt["dpm_config"], new, str(ckpt_path))
         start_step = int(ckpt.get("global_step", 0))
         del ckpt
+    if requeued and global_rank_from_env() == 0:
+        print(f"SLURM job {slurm_job_id()} started again (restart {restarts()}): the run goes on in {out_dir} from "
+              f"step {start_step} ({ckpt_path or 'no checkpoint was written before'})", file=sys.stderr, flush=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
     settings = trainer_settings(cfg)
-    dm, module = build(cfg)
-    check_data_fits(cfg, dm)
-    # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
-    # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
-    trainer = make_trainer(cfg, settings)
-    rank0 = global_rank_from_env() == 0  # the DDP processes Lightning starts later share rank 0's directory
-    with claimed_for(out_dir, "training run", rank0):
-        if rank0:
-            check_writable(out_dir / "checkpoints", "hydra.run.dir")
-            if hydra_record:
-                write_hydra_record(out_dir, hydra_record)
-            config = dict(module.run_config)
-            if ckpt_path is not None:
-                config["resumed_from"] = str(ckpt_path)
-                config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
-            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
-        for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
-            logger.log_hyperparams(module.run_config)
-        try:
-            with processes_cleaned_up():
-                return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step)
-        finally:
-            if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
-                import wandb
+    # In a SLURM job, SLURM's warning signals are answered from here on (dpm.app.requeue)
+    requeue = RequeueOnSignal() if slurm_job_id() and threading.current_thread() is threading.main_thread() else None
+    try:
+        dm, module = build(cfg)
+        check_data_fits(cfg, dm)
+        # The Trainer (strategy, accelerator, devices: what Lightning refuses) is built before the directory is
+        # claimed, so that a refused setting leaves nothing there and the corrected command can use it.
+        trainer = make_trainer(cfg, settings, (requeue,) if requeue is not None else ())
+        rank0 = global_rank_from_env() == 0  # the DDP processes Lightning starts later share rank 0's directory
+        with claimed_for(out_dir, "training run", rank0):
+            if rank0:
+                check_writable(out_dir / "checkpoints", "hydra.run.dir")
+                if hydra_record:
+                    write_hydra_record(out_dir, hydra_record)
+                config = dict(module.run_config)
+                if ckpt_path is not None:
+                    config["resumed_from"] = str(ckpt_path)
+                    config["changed_on_resume"] = {k: new_v for k, _, new_v in changes}
+                write_text(out_dir / "config.yaml", OmegaConf.to_yaml(config))
+                if requeued:
+                    keep_earlier_metrics(trainer)
+            for logger in trainer.loggers:  # the resolved config beside the metrics (hparams.yaml, W&B config)
+                logger.log_hyperparams(module.run_config)
+            try:
+                with processes_cleaned_up():
+                    return _fit_and_test(cfg, trainer, module, dm, out_dir, start_step, requeue)
+            finally:
+                if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+                    import wandb
 
-                wandb.finish()  # or every job of a multirun logs into one W&B run
+                    wandb.finish()  # or every job of a multirun logs into one W&B run
+    finally:
+        if requeue is not None:
+            requeue.restore()
 
 
 def _fit_and_test(cfg: DictConfig, trainer: L.Trainer, module: DiffusionModule, dm: DataModule,
-                  out_dir: Path, start_step: int) -> dict:
+                  out_dir: Path, start_step: int, requeue: RequeueOnSignal | None = None) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
+        if requeue is not None and requeue.signal is not None:  # SLURM: the time limit or a preemption is near
+            raise requeue.interrupted(trainer, start_step, _checkpoint_note(out_dir, trainer)) from None
         raise Interrupted(143, _stopped_message("SIGTERM", out_dir, trainer)) from None
     except SystemExit as exit_:  # Lightning turns Ctrl-C into sys.exit(1) after the callbacks ran
         if getattr(trainer, "dpm_stopped_by_signal", False) or trainer.state.status.value == "interrupted":
@@ -144,8 +167,15 @@ def _last_checkpoint_note(out_dir: Path) -> str:
     return "No checkpoint was written before the stop (no validation had run)."
 
 
+def _checkpoint_note(out_dir: Path, trainer: L.Trainer) -> str:
+    last = out_dir / "checkpoints" / "last.ckpt"
+    return f"{last} holds step {trainer.global_step}" if last.is_file() else "no checkpoint could be written"
+
+
 def _stopped_message(signal_name: str, out_dir: Path, trainer: L.Trainer) -> str:
     last = out_dir / "checkpoints" / "last.ckpt"
     where = (f"{last} holds step {trainer.global_step}; resume with: python train.py ckpt_path={last}"
              if last.is_file() else "no checkpoint could be written")
+    if last.is_file() and slurm_job_id() is not None:
+        where += f" (or, if SLURM requeues job {slurm_job_id()}, it resumes from there by itself)"
     return f"stopped by {signal_name} at step {trainer.global_step}: {where}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -17,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dpm.app.checkpoint import AtomicCheckpointIO
 from dpm.app.lines import LineProgress
+from dpm.app.slurm import srun_started
 from dpm.data.base import DataModule
 from dpm.errors import ConfigError
 
@@ -51,6 +53,13 @@ def trainer_settings(cfg: DictConfig) -> dict:
     if _on_gpu(cfg.trainer) and cfg.get("tf32", True):
         torch.set_float32_matmul_precision("high")
     settings = {"precision": precision, "plugins": [AtomicCheckpointIO()]}
+    if srun_started():  # dpm.app.requeue answers SLURM's signals; Lightning's auto-requeue would save mid-step
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+
+        try:
+            settings["plugins"].append(SLURMEnvironment(auto_requeue=False))
+        except RuntimeError as err:  # a layout Lightning cannot read (--ntasks without --ntasks-per-node)
+            raise ConfigError(f"this SLURM job's layout: {err}") from None
     strategy = cfg.trainer.get("strategy", "auto")
     if strategy == "ddp" or (strategy == "auto" and _world_size(cfg.trainer) > 1):
         from lightning.pytorch.strategies import DDPStrategy
@@ -79,22 +88,69 @@ def make_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return callbacks
 
 
-def make_trainer(cfg: DictConfig, settings: dict) -> L.Trainer:
+# Lightning's hint, given whenever an srun is on PATH and this process was not started by it
+SRUN_HINT = "The `srun` command is available on your system but is not used"
+
+
+def make_trainer(cfg: DictConfig, settings: dict, extra_callbacks: tuple[L.Callback, ...] = ()) -> L.Trainer:
     """The Trainer of cfg.trainer with dpm's settings (trainer_settings), its callbacks and loggers; a setting
     Lightning refuses (an unknown strategy, devices=-1, an accelerator this machine lacks) is a ConfigError naming
-    the trainer node."""
+    the trainer node, and so is a SLURM job whose tasks do not match it (check_slurm_layout).
+
+    Lightning's SRUN_HINT is kept for a run of several processes started outside srun (on a SLURM allocation they
+    would hang or share one node's devices), not shown for one process, which needs no srun."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    warnings.filterwarnings("default" if _world_size(cfg.trainer) > 1 else "ignore", message=SRUN_HINT)
     try:
-        return instantiate(cfg.trainer, callbacks=make_callbacks(cfg), logger=_children(cfg.get("logger")) or False,
-                           **settings)
+        trainer = instantiate(cfg.trainer, callbacks=[*make_callbacks(cfg), *extra_callbacks],
+                              logger=_children(cfg.get("logger")) or False, **settings)
     except InstantiationException as err:
         cause = err.__cause__
         if not isinstance(cause, (MisconfigurationException, ValueError, TypeError, RuntimeError)):
             raise
-        given = {k: cfg.trainer.get(k) for k in ("accelerator", "devices", "strategy", "num_nodes")
-                 if k in cfg.trainer}
-        raise ConfigError(f"trainer ({', '.join(f'trainer.{k}={v}' for k, v in given.items())}): {cause}") from None
+        raise ConfigError(f"trainer ({_given(cfg.trainer)}): {cause}") from None
+    # the environment Lightning chose (a single-device strategy keeps none of its own)
+    check_slurm_layout(trainer._accelerator_connector.cluster_environment, trainer.num_devices, trainer.num_nodes,
+                       _given(cfg.trainer))
+    return trainer
+
+
+def _given(trainer_cfg: DictConfig) -> str:
+    given = {k: trainer_cfg.get(k) for k in ("accelerator", "devices", "strategy", "num_nodes") if k in trainer_cfg}
+    return ", ".join(f"trainer.{k}={v}" for k, v in given.items())
+
+
+def check_slurm_layout(environment: object, devices: int, nodes: int, settings: str) -> None:
+    """Under SLURM (a process srun started: Lightning's SLURMEnvironment) the processes are SLURM's tasks and
+    Lightning starts none itself, nor does it compare them with its settings: a job of 1 task with
+    trainer.devices=2 would train on one process, one of 2 tasks with devices=1 on two, and a job of more tasks
+    than the step started would wait forever for the missing ones. So the tasks of this job step per node must
+    equal `devices` and its nodes `nodes`, or the command is refused before anything is written; `settings` names
+    the command's keys in the message."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not isinstance(environment, SLURMEnvironment):
+        return
+    env = os.environ
+    step_tasks = env.get("SLURM_STEP_NUM_TASKS")
+    tasks = int(step_tasks or env["SLURM_NTASKS"])
+    slurm_nodes = int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")
+                      or 1)
+    per_node = env.get("SLURM_NTASKS_PER_NODE")
+    how = ("hydra/launcher=slurm asks for trainer.num_nodes nodes of trainer.devices tasks each; by hand: sbatch "
+           f"--nodes={nodes} --ntasks-per-node={devices}, and srun before the command")
+    if step_tasks is None and tasks > 1:
+        raise ConfigError(f"this SLURM job has {tasks} tasks (SLURM_NTASKS) but this process was not started by srun: "
+                          f"the other {tasks - 1} processes would never come and the run would wait forever "
+                          f"({settings}). Start the command with srun ({how}).")
+    if tasks != devices * nodes or slurm_nodes != nodes or (per_node is not None and int(per_node) != devices):
+        raise ConfigError(
+            f"the SLURM job does not match the command: SLURM started {tasks} task{'s' * (tasks != 1)} on "
+            f"{slurm_nodes} node{'s' * (slurm_nodes != 1)} (--ntasks-per-node={per_node or 'unset'}, "
+            f"--nodes={slurm_nodes}), the command asks for devices={devices} x num_nodes={nodes} = "
+            f"{devices * nodes} process{'es' * (devices * nodes != 1)} ({settings}). Each SLURM task is one process: "
+            f"--ntasks-per-node must equal the devices and --nodes the nodes ({how}).")
 
 
 def _world_size(trainer_cfg: DictConfig) -> int:

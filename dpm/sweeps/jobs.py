@@ -44,7 +44,14 @@ def visible_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def slurm_gpus(accelerator: str, devices: Any) -> Any:
+    """hydra/launcher=slurm's gpus_per_node: none for trainer.accelerator=cpu (a CPU node has no GPU to give, and
+    SLURM would refuse the job), else trainer.devices (one GPU per task)."""
+    return None if str(accelerator) == "cpu" else devices
+
+
 OmegaConf.register_new_resolver("dpm.gpu_count", visible_gpu_count, replace=True)
+OmegaConf.register_new_resolver("dpm.slurm_gpus", slurm_gpus, replace=True)
 
 
 def _is_rank_zero() -> bool:
