@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from hydra.utils import instantiate
-from omegaconf import open_dict
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf, open_dict
 
 from dpm.app.compose import config_dir
 
@@ -25,8 +25,11 @@ def test_option_composes_and_light_nodes_instantiate(compose_cfg, group, option,
     with open_dict(cfg):
         cfg.out_dir = str(tmp_path)
     schedule = instantiate(cfg.schedule, T=cfg.T)
-    fitted = {"p": 0.3} if cfg.diffusion.get("p", 0) is None else {}  # p null: fitted to the data by build
-    diffusion = instantiate(cfg.diffusion, schedule=schedule, **fitted)
+    # settings left to the data (null) are fitted by the kind as build() does, here to a few bits
+    settings = OmegaConf.to_container(cfg.diffusion, resolve=True)
+    with open_dict(cfg):
+        cfg.diffusion.update(get_class(cfg.diffusion._target_).fitted(settings, torch.tensor([[0.0, 1.0], [1.0, 1.0]])))
+    diffusion = instantiate(cfg.diffusion, schedule=schedule)
     assert diffusion.T == cfg.T
     optimizer = instantiate(cfg.optimizer)([torch.nn.Parameter(torch.zeros(1))])
     if cfg.get("lr_scheduler"):  # total_steps null: the run's length, filled in by the module (as T by build)

@@ -104,7 +104,7 @@ def test_disjoint_subsets_fixed_and_disjoint():
 def test_digits_levels_splits_and_state_round_trip():
     dm = DigitsDataModule(n_val=100, n_test=300, seed=1)
     dm.setup()
-    assert dm.data_shape == (1, 8, 8) and dm.units_per_example == 64
+    assert dm.data_shape == (1, 8, 8) and dm.kind.units_per_example == 64
     sizes = {s: len(x) for s, x in dm.splits.items()}
     assert sizes == {"train": 1797 - 400, "val": 100, "test": 300}
     # one global scalar: the training split has mean 0 and variance 1 over all its values
@@ -135,7 +135,7 @@ def test_mnist_reads_idx_files(tmp_path, gz):
     dm = MNISTDataModule(data_dir=str(tmp_path), download=False, n_val=10, n_test=5)
     dm.prepare_data()
     dm.setup()
-    assert dm.data_shape == (1, 28, 28) and dm.units_per_example == 784
+    assert dm.data_shape == (1, 28, 28) and dm.kind.units_per_example == 784
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [20, 10, 5]
     assert np.array_equal(raw_levels(dm, "test")[:, 0], test[:5])  # the first n_test, in file order
     got = rows_as_bytes(torch.from_numpy(np.concatenate([raw_levels(dm, "train"), raw_levels(dm, "val")])))
@@ -177,7 +177,7 @@ def test_cifar10_reads_pickled_batches(tmp_path, monkeypatch):
     dm.prepare_data()
     dm.setup()
     assert dm.data_shape == (3, 32, 32)
-    assert dm.units_per_example == 1024  # bits per spatial pixel: the 3 channels are summed
+    assert dm.kind.units_per_example == 1024  # bits per spatial pixel: the 3 channels are summed
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [20, 5, 6]
     assert np.array_equal(raw_levels(dm, "test"), test)
     both = np.concatenate([raw_levels(dm, "train"), raw_levels(dm, "val")])

@@ -128,7 +128,7 @@ def test_image_data_module_dequantises_with_keys():
     index = torch.arange(len(x0))
     y = dm.dequantize(x0, Keys(5, index))
     assert torch.equal(dm.dequantize(x0[3:9], Keys(5, index[3:9])), y[3:9])
-    assert 0 < (y - x0).abs().max() <= dm.dequantization_width / 2
+    assert 0 < (y - x0).abs().max() <= dm.kind.dequantization_width / 2
     assert not torch.equal(dm.dequantize(x0, Keys(6, index)), y)
     g = step_generator(0, 0, 3)
     assert torch.equal(dm.dequantize(x0, generator=g), dm.dequantize(x0, generator=step_generator(0, 0, 3)))

@@ -18,11 +18,13 @@ from PIL import Image
 
 from dpm.app.build import build
 from dpm.app.compose import compose
+from dpm.app.evaluate import evaluate
 from dpm.app.resume import check_resume
 from dpm.app.rundir import holds_results
 from dpm.app.train import train
 from dpm.data.array import ArrayDataModule
 from dpm.data.folder import FolderDataModule
+from dpm.data.images import ImageDataModule
 from dpm.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,18 +59,20 @@ def test_array_kinds_shapes_and_normalisation(tmp_path):
     np.save(tmp_path / "b.npy", (rng.random((200, 12)) < 0.3).astype(np.int64))
     np.save(tmp_path / "im.npy", rng.integers(0, 256, (60, 6, 6), dtype=np.uint8))
     vectors = ready(ArrayDataModule(path=str(tmp_path / "v.npy")))
-    assert vectors.data_shape == (3,) and vectors.kind == "pairs" and vectors.unit == "bits"
+    assert vectors.data_shape == (3,) and vectors.kind.figure == "pairs" and vectors.kind.unit == "bits"
+    assert not isinstance(vectors, ImageDataModule)  # no pixel machinery for vectors
     assert {k: len(v) for k, v in vectors.splits.items()} == {"train": 160, "val": 20, "test": 20}
     assert abs(vectors.splits["train"].mean().item()) < 1e-5 and abs(vectors.splits["train"].var().item() - 1) < 0.02
     binary = ready(ArrayDataModule(path=str(tmp_path / "b.npy")))
-    assert binary.kind == "sequence" and binary.unit == "bits/seq" and binary.scale == 1.0
+    assert binary.kind.data == "sequence" and binary.kind.unit == "bits/seq" and binary.scale == 1.0
+    assert binary.kind.classes == 2 and vectors.kind.classes is None
     # only images are dequantised, by the training step's one draw as by dequantize: vectors and bits stay as given
-    assert vectors.dequantization_width == 0 and binary.dequantization_width == 0
+    assert vectors.kind.dequantization_width == 0 and binary.kind.dequantization_width == 0
     x = vectors.splits["train"][:4]
     assert torch.equal(vectors.dequantize(x, generator=torch.Generator().manual_seed(0)), x)
     images = ready(ArrayDataModule(path=str(tmp_path / "im.npy"), n_levels=256))
-    assert images.data_shape == (1, 6, 6) and images.kind == "image" and images.units_per_example == 36
-    assert images.dequantization_width == pytest.approx(images.bin_width / images.scale)  # one bin, normalised
+    assert images.data_shape == (1, 6, 6) and images.kind.data == "image" and images.kind.units_per_example == 36
+    assert images.kind.dequantization_width == pytest.approx(images.bin_width / images.scale)  # one bin, normalised
     # the file's units: x = (v - shift) / scale with v the uint8 values
     info = images.eval_info()
     raw = torch.from_numpy(np.load(tmp_path / "im.npy").astype(np.float64))
@@ -98,7 +102,7 @@ def test_folder_splits_channels_and_resizing(tmp_path):
         write_images(tmp_path / "split" / split, n, mode="RGB", seed=len(split))
     dm = ready(FolderDataModule(path=str(tmp_path / "split"), n_val=3))
     assert {k: len(v) for k, v in dm.splits.items()} == {"train": 9, "val": 3, "test": 4}
-    assert dm.data_shape == (3, 8, 8) and dm.kind == "image"
+    assert dm.data_shape == (3, 8, 8) and dm.kind.data == "image"
     grey = ready(FolderDataModule(path=str(tmp_path / "split"), channels=1, image_size=4))
     assert grey.data_shape == (1, 4, 4)
     write_images(tmp_path / "mixed", 4, size=(10, 6), seed=3)
@@ -280,6 +284,13 @@ def test_binary_sequences_train_with_binomial_diffusion_and_a_fitted_prior(tmp_p
     assert config["diffusion"]["p"] == pytest.approx(train_split.mean().item())  # fitted, recorded
     assert saved["diffusion"] == "binomial" and saved["unit"] == "bits/seq" and saved["K_raw"] == saved["K"]
     assert math.isfinite(result["test/K"]) and (tmp_path / "run" / "samples.png").is_file()
+    # completion works on them as on the heartbeat: the data module says they are sequences
+    ev = compose([f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}", "task=complete", "complete.k=4",
+                  "complete.n=12", "complete.particles=2", "progress=false"], config_name="evaluate")
+    completed = evaluate(ev, tmp_path / "complete")
+    arrays = np.load(tmp_path / "complete" / "complete.npz")
+    assert completed["known_bins_exact"] is True and np.array_equal(arrays["result"][:, :4], arrays["x0"][:, :4])
+    assert set(np.unique(arrays["result"])) <= {0.0, 1.0} and (tmp_path / "complete" / "complete.png").is_file()
 
 
 def test_vectors_of_three_coordinates_draw_pairwise_scatter_plots(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from dpm.core.binomial import BinomialDiffusion
 from dpm.core.gaussian import GaussianDiffusion
-from dpm.core.posterior import (BernoulliR, DeltaR, GaussianR, SmoothR, bernoulli_product, clamp, first_order_shift,
+from dpm.core.posterior import (BernoulliR, DeltaR, GaussianR, SmoothR, bernoulli_product, first_order_shift,
                            gaussian_product, perturbation, r_exponent)
 from dpm.core.schedules import Schedule
 from tests.helpers import ConstantNet, ExactHeartbeatKernel, random_mlp
@@ -92,19 +92,20 @@ def test_clamp_puts_all_mass_on_the_known_values():
     known = torch.tensor([[True, False, True]])
     values = torch.tensor([[0.123456789, 9.0, -3.3]])
     g = GaussianDiffusion(Schedule("sd2015", T=5))
-    p = clamp((torch.zeros(1, 3), torch.zeros(1, 3)), known, values, "gaussian")
+    p = g.clamp((torch.zeros(1, 3), torch.zeros(1, 3)), known, values)
     x = g.draw(p, torch.Generator().manual_seed(0))
     assert torch.equal(x[known], values[known]) and x[0, 1] != 9.0
     b = BinomialDiffusion(Schedule("binomial", T=5), p=0.2)
     bits = torch.tensor([[1.0, 0.0, 0.0]])
-    x = b.draw(clamp((torch.full((1, 3), 0.5),), known, bits, "binomial"), torch.Generator().manual_seed(0))
+    x = b.draw(b.clamp((torch.full((1, 3), 0.5),), known, bits), torch.Generator().manual_seed(0))
     assert torch.equal(x[known], bits[known])
 
 
 def test_factor_of_the_wrong_kind_is_refused():
-    with pytest.raises(ValueError, match="GaussianR applies to gaussian diffusion, not binomial"):
+    with pytest.raises(ValueError, match=r"a kernel that takes a Gaussian r \(GaussianR\); binomial diffusion's "
+                                         r"kernels take DeltaR \(a delta r on known coordinates\), BernoulliR"):
         perturbation(BinomialDiffusion(Schedule("binomial", T=5)), [GaussianR(torch.zeros(1), 1.0)])
-    with pytest.raises(ValueError, match="BernoulliR applies to binomial"):
+    with pytest.raises(ValueError, match=r"takes an r over bits \(BernoulliR\); gaussian diffusion's"):
         perturbation(GaussianDiffusion(Schedule("sd2015", T=5)), [BernoulliR(0.5)])
     with pytest.raises(ValueError, match="r_over_t=diffused applies to a delta r .* not to SmoothR"):
         perturbation(GaussianDiffusion(Schedule("sd2015", T=5)), [SmoothR(lambda x: x.sum(1))], "diffused")

@@ -64,6 +64,9 @@ def overrides_of(command: str) -> tuple[list[str], bool]:
     for w in words:
         if w in ("-m", "--multirun"):
             continue
+        if w.startswith("~"):  # Hydra's deletion of a key (~diffusion.p)
+            out.append(w)
+            continue
         key, sep, value = w.partition("=")
         assert sep, f"{w!r} in `{command}` is not a Hydra override (key=value)"
         if multirun and "," in value and not value.startswith("["):

@@ -161,7 +161,7 @@ POOR = [
                                 "complete.particles=1000000000"), 2,
      r"complete.particles=1000000000 with complete.n=16 would need about [\d,.]+ GiB"),
     ("complete on the Swiss roll", cli("evaluate.py", ck("run/checkpoints/last.ckpt"), "task=complete"), 2,
-     r"task=complete needs 0/1 sequence data .* swiss_roll is points2d data"),
+     r"task=complete needs sequence data .* swiss_roll holds vectors of shape \(2,\)"),
     ("evaluate on devices=-1", cli("evaluate.py", ck("run/checkpoints/last.ckpt"), "devices=-1", "accelerator=cpu"), 2,
      r"devices=-1 is invalid: it must be an integer >= 1"),
     ("report on a missing directory", lambda w, mp: report([str(w / "nosuchdir")]), 2, r"error: .*nosuchdir"),

@@ -42,7 +42,10 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:  # the data's files or settings
         raise ConfigError(str(err)) from None  # (their messages name the file or key); anything else is a failure
     check_splits(dm)
-    cfg = with_fitted_prior(cfg, dm)
+    try:
+        cfg = with_fitted_prior(cfg, dm)
+    except ValueError as err:  # the kind refuses data it cannot fit its settings to
+        raise ConfigError(f"{dm.origin}: {err}") from None
     schedule = _build("schedule", cfg.schedule, T=cfg.T)
     diffusion = _build("diffusion", cfg.diffusion, schedule=schedule)
     try:
@@ -55,9 +58,9 @@ def build(cfg: DictConfig, datamodule_state: dict | None = None) -> tuple[DataMo
     module = DiffusionModule(
         net, diffusion, optimizer=_build("optimizer", cfg.optimizer),
         lr_scheduler=_build("lr_scheduler", cfg.lr_scheduler) if cfg.get("lr_scheduler") else None,
-        units_per_example=dm.units_per_example, unit=dm.unit, val_n_t=cfg.val_n_t,
+        units_per_example=dm.kind.units_per_example, unit=dm.kind.unit, val_n_t=cfg.val_n_t,
         run_config=OmegaConf.to_container(cfg, resolve=True), seed=cfg.get("seed") or 0, dequantize=dm.dequantize,
-        dequantization_width=dm.dequantization_width, compile=bool(cfg.get("compile")),
+        dequantization_width=dm.kind.dequantization_width, compile=bool(cfg.get("compile")),
         t_sampling=cfg.get("t_sampling", "uniform"))
     if cfg.get("compile"):
         # in place, for evaluation, validation and sampling (training compiles its whole loss, the module's
@@ -82,14 +85,16 @@ def _build(node: str, sub: DictConfig, **kwargs: Any) -> Any:
 
 
 def with_fitted_prior(cfg: DictConfig, dm: DataModule) -> DictConfig:
-    """cfg with a binomial prior given as diffusion.p=null fitted to the data: the training split's mean activity
-    (the heartbeat's B(0.2) is its data's, docs/paper.md §7.2), kept inside (0, 1), recorded in the run's config."""
-    if "p" not in cfg.diffusion or cfg.diffusion.p is not None:
+    """cfg with the diffusion's settings that it leaves to the data (null) fitted to the training split by the kind
+    itself (Diffusion.fitted: the binomial prior's p, ...), recorded in the run's config."""
+    settings = OmegaConf.to_container(cfg.diffusion, resolve=True)
+    fitted = _locate(cfg.diffusion._target_).fitted(settings, dm.splits["train"], dm.kind.classes)
+    if not fitted:
         return cfg
-    p = min(max(dm.splits["train"].double().mean().item(), 1e-3), 1 - 1e-3)
     cfg = cfg.copy()
     with open_dict(cfg):
-        cfg.diffusion.p = p
+        for key, value in fitted.items():
+            cfg.diffusion[key] = value
     return cfg
 
 

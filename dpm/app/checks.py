@@ -22,7 +22,7 @@ from dpm.ranges import integer_problem, real_problem
 ALLOWED_TARGETS: dict[str, tuple[tuple[str, ...], str]] = {
     "dataset": (("dpm.data.",), "dpm.data.base.DataModule"),
     "schedule": (("dpm.core.schedules.",), "dpm.core.schedules.Schedule"),
-    "diffusion": (("dpm.core.gaussian.", "dpm.core.binomial."), "dpm.core.diffusion.Diffusion"),
+    "diffusion": (("dpm.core.",), "dpm.core.diffusion.Diffusion"),  # any kind: a Diffusion subclass under dpm.core
     "net": (("dpm.nets.",), "torch.nn.Module"),
     "optimizer": (("torch.optim.",), "torch.optim.Optimizer"),
     "lr_scheduler": (("dpm.model.optim.", "torch.optim.lr_scheduler."), "torch.optim.lr_scheduler.LRScheduler"),
@@ -305,9 +305,8 @@ def check_train_config(cfg: DictConfig) -> None:
     if scheduler.endswith("ReduceLROnPlateau") and not OmegaConf.select(cfg, "trainer.check_val_every_n_epoch"):
         raise ConfigError("lr_scheduler=plateau is stepped after each validation, which must come every few epochs: "
                           "set trainer.check_val_every_n_epoch=N and trainer.val_check_interval=1.0")
-    diffusion = str(OmegaConf.select(cfg, "diffusion._target_", default=""))
-    if diffusion.endswith("BinomialDiffusion") and OmegaConf.select(cfg, "schedule.learned", default=False):
-        raise ConfigError("schedule.learned=true is refused with binomial diffusion: x_t is a Bernoulli draw with no "
-                          "frozen-noise reparameterisation (paper 3.5), so the gradient that would train beta is "
-                          "biased (measured: the opposite sign of finite differences) and the schedule collapses to "
-                          "the null model. The paper keeps it fixed: schedule.learned=false.")
+    target = OmegaConf.select(cfg, "diffusion._target_")
+    if target and OmegaConf.select(cfg, "schedule.learned", default=False):
+        kind = _locate(target)  # the kind says whether its schedule can be learned
+        if kind.fixed_schedule:
+            raise ConfigError(f"schedule.learned=true is refused with {kind.kind} diffusion: {kind.fixed_schedule}")

@@ -20,7 +20,8 @@ MUTABLE = ("optimizer", "lr_scheduler", "trainer", "callbacks", "logger", "val_n
            "trust", "dataset.batch_size", "dataset.eval_batch_size", "dataset.num_workers", "test_weights",
            "t_sampling")
 FIXED_WITHIN_MUTABLE = ("optimizer._target_",)  # another optimizer's state cannot be continued
-FITTED = ("diffusion.p",)  # null means "fitted to the data" (dpm.app.build): the checkpoint holds the fitted value
+FITTED = "diffusion."  # a kind's setting given as null is fitted to the data (Diffusion.fitted, dpm.app.build): the
+# checkpoint holds the fitted value, and the same data give it again
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -63,7 +64,7 @@ def is_mutable(key: str, also: tuple[str, ...] = ()) -> bool:
 def check_resume(old: dict, new: dict, ckpt_path: str) -> list[tuple[str, Any, Any]]:
     """Refuse changes to what defines the model and data; return the changes that will be applied. old's
     targets were checked (load_checkpoint) before its data set class is looked up here."""
-    diffs = [d for d in differences(old, new) if not (d[0] in FITTED and d[2] is None)]
+    diffs = [d for d in differences(old, new) if not (d[0].startswith(FITTED) and d[2] is None)]
     also = location_keys(old)
     refused = [d for d in diffs if not is_mutable(d[0], also)]
     if refused:

@@ -15,6 +15,7 @@ import math
 import torch
 
 from dpm.core.diffusion import Diffusion, compute_dtype, keyed_uniform, sum_dims
+from dpm.core.posterior import BernoulliR, DeltaR
 from dpm.core.schedules import Schedule
 
 EPS = 1e-6  # keeps logits finite where a kernel probability is exactly 0 or 1 (beta_T = 1)
@@ -39,6 +40,10 @@ class BinomialDiffusion(Diffusion):
     kind = "binomial"
     noise = "uniform"
     n_outputs = 1
+    factors = (DeltaR, BernoulliR)  # a delta on known bits (completion, inpainting), any r over bits (Table App.1)
+    fixed_schedule = ("x_t is a Bernoulli draw with no frozen-noise reparameterisation (paper 3.5), so the gradient "
+                      "that would train beta is biased (measured: the opposite sign of finite differences) and the "
+                      "schedule collapses to the null model. The paper keeps it fixed: schedule.learned=false.")
 
     def __init__(self, schedule: Schedule, p: float = 0.5) -> None:
         super().__init__(schedule)
@@ -46,6 +51,18 @@ class BinomialDiffusion(Diffusion):
             raise ValueError(f"diffusion.p={p!r} is invalid: the Bernoulli prior's probability must be a number "
                              "strictly between 0 and 1 (the heartbeat uses its data's mean activity, 0.2)")
         self.p = float(p)
+
+    @classmethod
+    def fitted(cls, settings, x0, classes=None):
+        """p given as null: the training split's mean activity (the heartbeat's B(0.2) is its data's, docs/paper.md
+        §7.2), kept inside (0, 1)."""
+        if "p" not in settings or settings["p"] is not None:
+            return {}
+        return {"p": min(max(x0.double().mean().item(), 1e-3), 1 - 1e-3)}
+
+    @property
+    def title(self):
+        return f"binomial diffusion towards B({self.p:g})"
 
     def check_data(self, x0):
         """Binomial diffusion models bits: every value of x0 must be 0 or 1."""
@@ -119,6 +136,10 @@ class BinomialDiffusion(Diffusion):
 
     def forward_kernel(self, x, t):
         return (x * self.coef("1m_beta", t, x) + self.coef("p_beta", t, x),)
+
+    def clamp(self, p, known, x_known):
+        """c = x_known (0 or 1) where known."""
+        return (torch.where(known, x_known, p[0]),)
 
     def kl(self, q, p):
         return bernoulli_kl(q[0], p[0])

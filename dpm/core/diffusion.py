@@ -1,5 +1,8 @@
 """What every diffusion kind shares: the bound K of Eq. 14 (with its constant terms computed exactly) and
-ancestral sampling. Gaussian (dpm.core.gaussian) and binomial (dpm.core.binomial) diffusion fill in the distributions.
+ancestral sampling. Each kind (dpm.core.gaussian, dpm.core.binomial, ...) fills in the distributions and answers for
+itself what the rest of dpm asks of it: its data (check_data), its settings fitted to the data (fitted), whether its
+schedule can be learned (fixed_schedule), which posterior factors r its kernels take (factors) and how a delta r
+clamps them (clamp), and its name in figures (title). Nothing outside a kind's own file asks which kind it is.
 
 Shapes: data x0, xt [N, *D] (D = (2,) for the Swiss roll, (20,) for the heartbeat, (C, H, W) for images);
 times t [N] long in paper units 1..T; network output [N, n_outputs, *D]. Every log-probability is in nats.
@@ -66,9 +69,11 @@ class Tables(dict):
 class Diffusion(nn.Module):
     """A forward process q with stationary distribution pi and the reverse kernel read from a network."""
 
-    kind: str = ""
+    kind: str = ""  # its name: eval.json's "diffusion", figure titles
     n_outputs: int = 1  # network channels per data dimension
     noise: str = "normal"  # what q_sample's noise is: "normal" (N(0, 1)) or "uniform" (U(0, 1)) per dimension
+    factors: tuple[type, ...] = ()  # the factors r of dpm.core.posterior its reverse kernels can be multiplied by
+    fixed_schedule: str = ""  # why schedule.learned=true is refused with this kind; "": the schedule can be learned
 
     def __init__(self, schedule: Schedule) -> None:
         super().__init__()
@@ -163,8 +168,26 @@ class Diffusion(nn.Module):
             self._pass_rows.clear()
 
     # ---- what each kind defines ---------------------------------------------------------------------
+    @classmethod
+    def fitted(cls, settings: dict, x0: torch.Tensor, classes: int | None = None) -> dict:
+        """The settings a config leaves to the data (given as null), fitted to the training split x0 [N, *D] (whose
+        values are integer classes 0..classes-1 where the data module says so, else classes is None): {key: value},
+        recorded in the run's config. None by default."""
+        return {}
+
+    @property
+    def title(self) -> str:
+        """How figures name this diffusion, e.g. "binomial diffusion towards B(0.2)"."""
+        return f"{self.kind} diffusion"
+
     def check_data(self, x0: torch.Tensor) -> None:
         """Raise ValueError when x0 is not data this diffusion can model."""
+
+    def clamp(self, p: Params, known: torch.Tensor, x_known: torch.Tensor) -> Params:
+        """r a delta on the known coordinates, multiplied in exactly (docs/paper.md §6.1, 6.3): the kernel p [N, *D]
+        with all its mass on x_known where `known` is True, unchanged elsewhere (known bool and x_known
+        broadcastable to [N, *D]). A kind without it takes no delta r (task=inpaint, complete)."""
+        raise NotImplementedError(f"{self.kind} diffusion has no clamp for a delta r")
 
     def marginal(self, x0: torch.Tensor, t: torch.Tensor) -> Params:
         """q(x_t | x_0)."""

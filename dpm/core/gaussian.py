@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dpm.core.diffusion import Diffusion, Params, compute_dtype, standard_normal, sum_dims
+from dpm.core.posterior import DeltaR, GaussianR, SmoothR
 from dpm.core.schedules import Schedule
 
 LOG_2PI = math.log(2 * math.pi)
@@ -40,6 +41,7 @@ class GaussianDiffusion(Diffusion):
 
     kind = "gaussian"
     n_outputs = 2  # z_mu, z_var
+    factors = (GaussianR, DeltaR, SmoothR)  # exact Gaussian r (denoising), a delta (inpainting), Eq. 61 (smooth r)
 
     def __init__(self, schedule: Schedule, reverse_form: str = "code") -> None:
         super().__init__(schedule)
@@ -121,6 +123,12 @@ class GaussianDiffusion(Diffusion):
 
     def forward_kernel(self, x, t):
         return self.coef("sqrt_1m_beta", t, x) * x, self.coef("log_beta", t, x).expand_as(x)
+
+    def clamp(self, p, known, x_known):
+        """Mean x_known and variance 0 (log var -inf, so a draw mu + exp(log var / 2) eps is x_known exactly) where
+        known."""
+        mu, logvar = p
+        return torch.where(known, x_known, mu), torch.where(known, float("-inf"), logvar)
 
     def kl(self, q, p):
         return normal_kl(q[0], q[1], p[0], p[1])

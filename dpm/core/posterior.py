@@ -9,10 +9,11 @@ p~(x_T) = pi and applies all of r at x_0 (paper 2.5.4). For a delta r on known c
 packs a list of factors r into the `perturb(p, x_t, t) -> p~` hook of Diffusion.sample. For a delta r, dpm.core.smc
 samples by sequential Monte Carlo instead (SMCDiff, Trippe et al. 2022; not in the paper either).
 
-Shapes: a kernel's parameters `p` are the diffusion's params, each [N, *D]: Gaussian (mu, log var), binomial
-(c,) with c = p(x_{t-1} = 1 | x_t). Every factor below is flat where it carries no information (var_r = inf,
-d = 1/2, no known coordinate, log r constant) and then returns p unchanged, bit for bit, so a perturbed sampler
-with a constant r draws exactly the plain sampler's samples (tested).
+Which factors apply is the kind's to say (Diffusion.factors), and a delta r is multiplied in by the kind's own
+Diffusion.clamp. Shapes: a kernel's parameters `p` are the diffusion's params, each [N, *D]: Gaussian (mu, log var),
+binomial (c,) with c = p(x_{t-1} = 1 | x_t), categorical (log p_0, ..., log p_{C-1}). Every factor below is flat
+where it carries no information (var_r = inf, d = 1/2, no known coordinate, log r constant) and then returns p
+unchanged, bit for bit, so a perturbed sampler with a constant r draws exactly the plain sampler's samples (tested).
 """
 
 from __future__ import annotations
@@ -80,19 +81,6 @@ def bernoulli_product(p: Params, d: torch.Tensor | float) -> Params:
     return (c + c * (1 - c) * (2 * d - 1) / (c * d + (1 - c) * (1 - d)),)
 
 
-def clamp(p: Params, known: torch.Tensor, x_known: torch.Tensor, kind: str) -> Params:
-    """r a delta on the known coordinates, constant elsewhere, multiplied in exactly (docs/paper.md §6.1, 6.3): the
-    kernel puts all its mass on x_known where `known` is True. Gaussian: mean x_known, variance 0 (log var
-    -inf, so a draw mu + exp(log var / 2) eps is x_known exactly); binomial: c = x_known (0 or 1).
-    known bool and x_known broadcastable to [N, *D]."""
-    if kind == "gaussian":
-        mu, logvar = p
-        return torch.where(known, x_known, mu), torch.where(known, float("-inf"), logvar)
-    if kind == "binomial":
-        return (torch.where(known, x_known, p[0]),)
-    raise ValueError(f"no clamp for diffusion kind {kind!r}")
-
-
 def diffused_clamp(p: Params, known: torch.Tensor, x_known: torch.Tensor, t: torch.Tensor, diffusion) -> Params:
     """The known coordinates of x_{t-1} drawn from q(x_{t-1} | x_0 = x_known) (diffusion.marginal), the others
     from p; at the last step (t = 1) the clamp itself. So the network sees known coordinates as noisy as the rest
@@ -100,14 +88,14 @@ def diffused_clamp(p: Params, known: torch.Tensor, x_known: torch.Tensor, t: tor
     q = diffusion.marginal(x_known.expand_as(p[0]), (t - 1).clamp_min(1))
     replaced = tuple(torch.where(known, q_i.expand_as(p_i), p_i) for q_i, p_i in zip(q, p))
     last = (t == 1).reshape(-1, *([1] * (p[0].dim() - 1)))
-    return tuple(torch.where(last, c, r) for c, r in zip(clamp(p, known, x_known, diffusion.kind), replaced))
+    return tuple(torch.where(last, c, r) for c, r in zip(diffusion.clamp(p, known, x_known), replaced))
 
 
 # ---- factors r, each applied to a kernel at one step ------------------------------------------------------------
 @dataclass
 class Step:
     """What a factor needs of the step from x_t into x_{t-1}: t [N], the exponent w of r (broadcastable to
-    [N, *D]), the choice of r over t, and the diffusion (its kind and forward marginals)."""
+    [N, *D]), the choice of r over t, and the diffusion (its clamp and forward marginals)."""
 
     t: torch.Tensor
     w: torch.Tensor
@@ -120,9 +108,10 @@ class GaussianR:
     """r(x) = N(x; mu_r, var_r), diagonal (denoising: mu_r = y, var_r = sigma_d^2; soft constraints).
     r^w = N(mu_r, var_r / w) up to a constant."""
 
+    what = "a Gaussian r"
+
     mu_r: torch.Tensor
     var_r: torch.Tensor | float
-    kinds = ("gaussian",)
 
     def __call__(self, p: Params, step: Step) -> Params:
         return gaussian_product(p, self.mu_r, self.var_r / step.w)
@@ -130,18 +119,20 @@ class GaussianR:
 
 @dataclass
 class DeltaR:
-    """r(x) = delta(x[known] - x_known) (inpainting, completion); a delta to any power w > 0 is itself. With
-    r_over_t = "diffused" the known coordinates follow the forward marginal instead (diffused_clamp)."""
+    """r(x) = delta(x[known] - x_known) (inpainting, completion), multiplied in by the kind's own clamp
+    (Diffusion.clamp); a delta to any power w > 0 is itself. With r_over_t = "diffused" the known coordinates follow
+    the forward marginal instead (diffused_clamp)."""
+
+    what = "a delta r on known coordinates"
 
     known: torch.Tensor
     x_known: torch.Tensor
-    kinds = ("gaussian", "binomial")
     diffusable = True
 
     def __call__(self, p: Params, step: Step) -> Params:
         if step.over_t == "diffused":
             return diffused_clamp(p, self.known, self.x_known, step.t, step.diffusion)
-        return clamp(p, self.known, self.x_known, step.diffusion.kind)
+        return step.diffusion.clamp(p, self.known, self.x_known)
 
 
 @dataclass
@@ -149,8 +140,9 @@ class SmoothR:
     """A differentiable log r(x) [N, *D] -> [N] (a half-plane, a classifier's log-probability), applied to
     first order (Eq. 61); grad log r^w = w grad log r."""
 
+    what = "a smooth r to first order"
+
     log_r: LogR
-    kinds = ("gaussian",)
 
     def __call__(self, p: Params, step: Step) -> Params:
         return first_order_shift(p, self.log_r, step.w)
@@ -160,8 +152,9 @@ class SmoothR:
 class BernoulliR:
     """r over bits with d = r(1) / (r(0) + r(1)) per bit; r^w has d_w = sigmoid(w logit d)."""
 
+    what = "an r over bits"
+
     d: torch.Tensor | float
-    kinds = ("binomial",)
 
     def __call__(self, p: Params, step: Step) -> Params:
         d = torch.as_tensor(self.d, dtype=p[0].dtype, device=p[0].device)
@@ -172,16 +165,22 @@ class BernoulliR:
 Factor = GaussianR | DeltaR | SmoothR | BernoulliR
 
 
+def check_factor(diffusion, factor: type, task: str = "") -> None:
+    """Raise ValueError unless the diffusion's kernels take the factor type (its kind's `factors`)."""
+    if not issubclass(factor, diffusion.factors):
+        takes = ", ".join(f"{f.__name__} ({f.what})" for f in diffusion.factors) or "none"
+        raise ValueError(f"{f'task={task} needs' if task else 'the sampler needs'} a kernel that takes {factor.what} "
+                         f"({factor.__name__}); {diffusion.kind} diffusion's kernels take {takes}")
+
+
 def perturbation(diffusion, factors: Sequence[Factor], over_t: str = "constant") -> Perturb:
     """The hook for diffusion.sample(perturb=...): every step's kernel p(x_{t-1}|x_t) [N, *D] times each factor
-    r_{t-1} in turn (over_t: see R_OVER_T). Raises ValueError for a factor that does not suit the diffusion's
-    kind or the choice over t."""
+    r_{t-1} in turn (over_t: see R_OVER_T). Raises ValueError for a factor that is not among the diffusion's own
+    (Diffusion.factors) or does not suit the choice over t."""
     if over_t not in R_OVER_T:
         raise ValueError(f"r_over_t={over_t!r} is unknown; valid choices: {list(R_OVER_T)}")
     for factor in factors:
-        if diffusion.kind not in factor.kinds:
-            raise ValueError(f"{type(factor).__name__} applies to {' or '.join(factor.kinds)} diffusion, "
-                             f"not {diffusion.kind}")
+        check_factor(diffusion, type(factor))
         if over_t == "diffused" and not getattr(factor, "diffusable", False):
             raise ValueError(f"r_over_t=diffused applies to a delta r on known coordinates (task=inpaint, "
                              f"complete), not to {type(factor).__name__}; use constant or tempered")

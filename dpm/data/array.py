@@ -8,6 +8,9 @@ loaded. The shape says what the data are:
   [N, L] of 0 / 1: binary sequences, left as bits (as the heartbeat), so diffusion=binomial applies;
   [N, H, W] or [N, C, H, W]: images; with n_levels, integer levels 0..n_levels-1 (or values k / (n_levels - 1)),
   dequantised over one bin and reported in bits/pixel (nll_bits_per_dim_8bit at 256 levels), as the built-in images.
+With n_classes (C, or auto: the largest value + 1) the values are integer classes 0..C-1 of any of these shapes,
+kept as they are (no scaling, no dequantisation) for categorical diffusion: [N, L] sequences in bits/seq, [N, H, W] /
+[N, C, H, W] class maps or quantised images in bits/pixel.
 eval.json records the normalisation (shift, scale, in the file's units) and K_raw, the bound on the log-likelihood
 of the values as the file holds them.
 """
@@ -20,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpm.data.base import SPLITS
-from dpm.data.images import ImageDataModule, carve_splits
+from dpm.core.keyed import Keys
+from dpm.data.base import SPLITS, DataKind, DataModule
+from dpm.data.images import DEQUANTIZATIONS, carve_splits, dequantization_width, dequantize_images, nll_upper_bound
 from dpm.errors import ConfigError
 from dpm.ranges import count
 
@@ -31,6 +35,7 @@ SHAPES = "[N, D] vectors, [N, L] 0/1 sequences, [N, H, W] or [N, C, H, W] images
 MAGIC = {".npy": (b"\x93NUMPY", "a NumPy array file", "numpy.save"),  # (first bytes, what has them, the writer)
          ".npz": (b"PK", "a NumPy archive (a zip file)", "numpy.savez")}
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # the model computes in float32
+AUTO = "auto"  # dataset.n_classes=auto: the classes are 0..(the largest value)
 
 
 def require_path(path: str | None, what: str, how: str) -> Path:
@@ -165,26 +170,32 @@ def vector_scaling(train: torch.Tensor, scaling: str, where: str) -> tuple[torch
     return shift, (vectors * eigenvalues.sqrt()) @ vectors.T
 
 
-class ArrayDataModule(ImageDataModule):
+class ArrayDataModule(DataModule):
     """Examples from one file (module docstring). Splits given in the file are used; missing ones are disjoint
     fixed-seed parts of the training array (n_val, then n_test, then n_train; null val / test: a tenth each).
 
-    n_levels (images only): grey levels per channel of integer-valued images (256 for 8-bit); null: the values are
-    continuous and not dequantised. scaling (vectors only, SCALINGS): how real vectors are brought to unit variance
-    (vector_scaling); images keep one global mean and scale, 0/1 sequences are not scaled. The image machinery is
-    used only for images; other shapes report in bits (vectors) or bits/seq (0/1 sequences) per example.
+    What the file holds fixes the data set's kind (describe): vectors, 0/1 sequences or images, or with n_classes
+    (an integer C, or "auto" for the largest value + 1) integer classes 0..C-1 as sequences or images. Only images
+    of real values are quantised pixels: n_levels (those images only) is their grey levels per channel (256 for
+    8-bit; null: continuous values, not dequantised), dequantization the width of the noise over one level
+    (dpm.data.images' dequantization_width, dequantize_images and nll_upper_bound, as for the built-in images);
+    vectors, sequences and classes are never dequantised. scaling (real vectors only, SCALINGS): how they are brought
+    to unit variance (vector_scaling); images keep one global mean and scale; 0/1 sequences and classes are not
+    scaled.
     """
 
     name = "array"
-    figure_kind = ""  # chosen from the shape (DataModule.kind)
     location_keys = ("path",)
 
     def __init__(self, path: str | None = None, n_train: int | None = None, n_val: int | None = None,
                  n_test: int | None = None, n_levels: int | None = None, dequantization: str = "bin",
-                 scaling: str = "column", batch_size: int = 256, eval_batch_size: int = 1024, num_workers: int = 0,
-                 seed: int = 0) -> None:
-        super().__init__(data_dir=".", dequantization=dequantization, batch_size=batch_size,
-                         eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+                 scaling: str = "column", n_classes: int | str | None = None, batch_size: int = 256,
+                 eval_batch_size: int = 1024, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, seed=seed)
+        if dequantization not in DEQUANTIZATIONS:
+            raise ValueError(f"dataset.dequantization={dequantization!r} is unknown; valid choices: "
+                             f"{list(DEQUANTIZATIONS)}")
+        self.dequantization = dequantization
         self.path = require_path(path, f"a file: {', '.join(SUFFIXES)} holding {SHAPES}",
                                  "python train.py dataset=array dataset.path=FILE (.npy, .npz, .csv, .txt or .pt)")
         self.n_levels = count("dataset.n_levels", n_levels, 2, allow=(None,), why=" (null: continuous values)")
@@ -193,6 +204,14 @@ class ArrayDataModule(ImageDataModule):
                               "coordinate to unit variance; global: one scalar for all, as the Swiss roll; whiten: "
                               "decorrelated too)")
         self.scaling = scaling
+        if n_classes is not None and n_classes != AUTO and (
+                isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
+            raise ConfigError(f"dataset.n_classes={n_classes!r} is invalid: the number of classes (an integer >= 2), "
+                              f"{AUTO} (the largest value + 1), or null for values that are not classes")
+        if n_classes is not None and n_levels is not None:
+            raise ConfigError(f"dataset.n_classes={n_classes} and dataset.n_levels={n_levels} exclude each other: "
+                              "classes are kept as they are; n_levels is for images of real values")
+        self.n_classes = n_classes  # None, an int, or AUTO until the file is read (load)
         self.counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self.data_kind = ""  # "vectors", "sequence" or "image", from the file (load)
         self.value_scale = 1.0  # file value = value_scale x raw value (n_levels - 1 for integer levels, else 1)
@@ -220,7 +239,10 @@ class ArrayDataModule(ImageDataModule):
         ndim = parts["train"].ndim
         if ndim == 3:  # [N, H, W]: one channel
             parts = {k: a[:, None] for k, a in parts.items()}
-        if ndim >= 3:
+        if self.n_classes is not None:
+            self.data_kind = "image" if ndim >= 3 else "sequence"
+            self._check_classes(parts)
+        elif ndim >= 3:
             if integers and self.n_levels is None:  # integer levels taken as continuous values: an unbounded K
                 top = int(max(a.max() for a in parts.values()))
                 raise ConfigError(f"dataset.path={self.path} holds images of integer values "
@@ -228,20 +250,34 @@ class ArrayDataModule(ImageDataModule):
                                   f"dataset.n_levels={256 if top < 256 else top + 1} (their grey levels: dequantised "
                                   "over one level, K a bound on the discrete likelihood), or save the images as "
                                   "floats to model them as continuous values")
-            self.data_kind, self.unit = "image", "bits/pixel"
+            self.data_kind = "image"
             parts = {k: self._image_values(k, a) for k, a in parts.items()}
         else:
             binary = all(np.isin(a, (0.0, 1.0)).all() for a in parts.values())
             if binary and np.ptp(parts["train"]) == 0:
                 raise ConfigError(f"dataset.path={self.path}: the training examples are all the same (every value "
                                   f"{parts['train'].flat[0]:g}), so there is nothing to model")
-            self.data_kind, self.unit = ("sequence", "bits/seq") if binary else ("vectors", "bits")
+            self.data_kind = "sequence" if binary else "vectors"
             if self.n_levels is not None:
                 raise ConfigError(f"dataset.n_levels={self.n_levels} applies to images; dataset.path={self.path} "
                                   f"holds {self.data_kind} of shape {tuple(parts['train'].shape)}: drop n_levels")
         tensors = {k: torch.from_numpy(a.astype(np.float32)) for k, a in parts.items()}
         self._raw = carve_splits(tensors, f"dataset.path={self.path}", self.seed, **self.counts)
         return self._raw
+
+    def _check_classes(self, parts: dict[str, np.ndarray]) -> None:
+        """Every value an integer class 0..C-1 (C = n_classes, or the largest value + 1 for auto), else refused."""
+        if self.n_classes == AUTO:
+            self.n_classes = max(2, int(max(a.max() for a in parts.values())) + 1)
+        top = self.n_classes - 1
+        for name, a in parts.items():
+            bad = (a != np.round(a)) | (a < 0) | (a > top)
+            if bad.any():
+                where = f" (array {name!r})" if name != "train" else ""
+                raise ConfigError(f"dataset.path={self.path}{where}: with dataset.n_classes={self.n_classes} every "
+                                  f"value must be an integer class 0..{top}; {int(bad.sum())} are not, e.g. "
+                                  f"{a[bad].ravel()[:3].tolist()}. Give the number of classes, or auto (the "
+                                  "largest value + 1), or null for values that are not classes")
 
     def _image_values(self, name: str, a: np.ndarray) -> np.ndarray:
         """Image values as raw floats: integer levels k -> k / (n_levels - 1) in [0, 1] (as the built-in images),
@@ -265,8 +301,8 @@ class ArrayDataModule(ImageDataModule):
 
     def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         self.load()
-        if self.data_kind == "sequence":
-            return torch.zeros(()), 1.0  # bits stay bits (binomial diffusion models them)
+        if self.data_kind == "sequence" or self.n_classes is not None:
+            return torch.zeros(()), 1.0  # bits stay bits, classes stay classes
         if self.data_kind == "vectors":
             return vector_scaling(train, self.scaling, self.origin)
         return super().fit_normalization(train)
@@ -296,25 +332,44 @@ class ArrayDataModule(ImageDataModule):
         self.load()
         return self.scaling if self.data_kind == "vectors" else None
 
+    def describe(self) -> DataKind:
+        """From the file: images as the built-in ones (bits per spatial pixel, dequantised over one level when
+        n_levels is given); 0/1 sequences K in bits/seq; vectors K in bits per example."""
+        self.load()
+        if self.data_kind == "image":
+            H, W = self.data_shape[-2:]
+            return DataKind("image", "bits/pixel", H * W, self.dequantization_width, "image", self.n_classes)
+        if self.data_kind == "sequence":
+            return DataKind("sequence", "bits/seq", figure="sequence", classes=self.n_classes or 2)
+        return DataKind("vectors", "bits", figure="points2d" if self.data_shape == (2,) else "pairs")
+
+    # ---- images only: quantised pixels ------------------------------------------------------------------
     @property
-    def units_per_example(self) -> int:
-        return super().units_per_example if self.data_kind == "image" else 1
+    def bin_width(self) -> float:
+        """One grey level in raw units, 1 / (n_levels - 1); 0 for continuous values and for anything but images."""
+        return 1.0 / (self.n_levels - 1) if self.n_levels else 0.0
 
     @property
     def dequantization_width(self) -> float:
-        """Only images are dequantised (vectors are continuous; 0/1 sequences are the binomial kind's states): the
-        width the training step's draw and `dequantize` both read."""
+        """The width of the noise over one level, normalised (images with n_levels); 0 for anything else."""
         self.load()  # the file says what the data are
-        return super().dequantization_width if self.data_kind == "image" else 0.0
+        if self.data_kind != "image" or not self.n_levels:
+            return 0.0
+        if self.scale is None:
+            self.setup()
+        return dequantization_width(self.dequantization, self.bin_width, self.scale)
+
+    def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        return dequantize_images(x0, self.kind.dequantization_width, keys, generator)
 
     def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
         if self.data_kind != "image" or self.n_levels is None:
             return None
-        return super().nll_bits_per_dim(K_bits_per_dim)
+        return nll_upper_bound(K_bits_per_dim, self.kind.dequantization_width, self.bin_width, self.scale)
 
-    @property
-    def bin_width(self) -> float:
-        return 1.0 / (self.n_levels - 1) if self.n_levels else 0.0
+    def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
+        return self.nll_bits_per_dim(K_bits_per_dim) if self.n_levels == 256 else None
 
     def eval_info(self) -> dict:
         """The file, what it was read as, and the normalisation in the file's units: x = S^-1 (file - shift), S a
@@ -324,9 +379,11 @@ class ArrayDataModule(ImageDataModule):
         info = {"path": str(self.path), "data_kind": self.data_kind, "shift": shift, "scale": scale}
         if self.scaling_used is not None:
             info["scaling"] = self.scaling_used
-        if self.data_kind == "image":
+        if self.n_classes is not None:
+            info.update(n_classes=self.n_classes)
+        elif self.data_kind == "image":
             info.update(n_levels=self.n_levels, dequantization=self.dequantization,
-                        dequantization_width=self.dequantization_width)
+                        dequantization_width=self.kind.dequantization_width)
         return info
 
     def raw_log2_jacobian(self) -> float:
@@ -336,4 +393,4 @@ class ArrayDataModule(ImageDataModule):
             scale = self.scale.double()
             return (torch.linalg.slogdet(scale)[1] if scale.dim() == 2 else scale.log().sum()).item() / math.log(2)
         D = math.prod(self.data_shape)
-        return D * math.log2(self.scale * self.value_scale) / self.units_per_example
+        return D * math.log2(self.scale * self.value_scale) / self.kind.units_per_example

@@ -1,11 +1,13 @@
 """The base every data set's LightningDataModule shares: fixed-seed splits held as tensors, the global batch
-split across devices, a normalisation fitted on the training split and kept in the checkpoint."""
+split across devices, a normalisation fitted on the training split and kept in the checkpoint, and the one record of
+what kind of data a set holds (DataKind), which the tasks, the figures, the bound and the training step read."""
 
 from __future__ import annotations
 
 import math
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import lightning as L
@@ -18,6 +20,37 @@ from dpm.io.files import content_sha256
 from dpm.ranges import count
 
 SPLITS = ("train", "val", "test")
+DATA = ("vectors", "sequence", "image")
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What a data set holds, fixed once (DataModule.describe, after setup) and read by everything that needs to know:
+    the tasks (which apply), the figures (which one draws it), the bound (its unit) and the training step (its
+    dequantisation).
+
+    data: "vectors" [N, D], "sequence" [N, L] (positions in order, each a discrete state) or "image" [N, C, H, W];
+    unit: K's reporting unit, "bits" (per example), "bits/seq" or "bits/pixel" (per spatial pixel, docs/paper.md
+    §3.4); units_per_example: how many of that unit one example holds (H x W for bits/pixel, else 1);
+    dequantization_width: the width w of the uniform noise U(-w/2, w/2) added to each value before the bound (0: none);
+    figure: the dpm.figures function that draws it ("points2d", "pairs", "sequence", "image");
+    classes: C where every value is an integer class 0..C-1 (bits: 2), None for real values."""
+
+    data: str
+    unit: str
+    units_per_example: int = 1
+    dequantization_width: float = 0.0
+    figure: str = ""
+    classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.data not in DATA:
+            raise ValueError(f"DataKind.data={self.data!r} is unknown; valid choices: {list(DATA)}")
+        if not self.unit or not self.figure or self.units_per_example < 1 or self.dequantization_width < 0:
+            raise ValueError(f"{self} is incomplete: it needs a unit, a figure, units_per_example >= 1 and a "
+                             "dequantization_width >= 0")
+        if self.classes is not None and self.classes < 2:
+            raise ValueError(f"DataKind.classes={self.classes} is invalid: at least 2 classes, or None for real values")
 
 
 def package_version(name: str) -> str:
@@ -29,17 +62,20 @@ def package_version(name: str) -> str:
 
 
 class DataModule(L.LightningDataModule):
-    """Subclasses set `name`, `unit`, `figure_kind` and implement `make_split`; images also override
-    `units_per_example` (spatial pixels) and `dequantize`.
+    """Subclasses set `name`, implement `make_split` and say what their data are once, in `describe` (a DataKind);
+    images also override `dequantize`.
 
     batch_size is the global batch: with N devices each gets batch_size // N (README, docs/contracts.md, contract 5).
     """
 
     name = ""
-    unit = "bits"  # the unit of K in the paper's Table 1: "bits", "bits/seq" or "bits/pixel"
-    figure_kind = ""  # which dpm.figures function draws this data; "" chooses from the data's shape (`kind`)
+    # Shortcuts an own data set may set instead of describe() (which the default describe reads): K's unit, and the
+    # dpm.figures function that draws it ("" chooses from the data's shape)
+    unit = "bits"
+    figure_kind = ""
     location_keys: tuple[str, ...] = ()  # settings that say where the data live, not what they are: a resumed run may change them
     data_package = "dpm"  # whose version identifies built-in data: dpm (generated here), or the package that ships it
+    patterns: torch.Tensor | None = None  # the finite set of examples the data are drawn from, where known [P, *D]
 
     def __init__(self, batch_size: int = 256, eval_batch_size: int = 1000, num_workers: int = 0,
                  seed: int = 0) -> None:
@@ -53,6 +89,7 @@ class DataModule(L.LightningDataModule):
         self.scale: float | None = None
         self._identity: dict | None = None
         self.trained_on: dict | None = None  # from a checkpoint: the data's identity and example shape at training
+        self._kind: DataKind | None = None
 
     # ---- what a data set defines ---------------------------------------------------------------------
     def make_split(self, split: str) -> torch.Tensor:
@@ -92,11 +129,6 @@ class DataModule(L.LightningDataModule):
         (dpm.core.keyed.Keys), the same in any batch."""
         return x0
 
-    @property
-    def dequantization_width(self) -> float:
-        """The width w of dequantize's noise U(-w/2, w/2): 0, none (images override)."""
-        return 0.0
-
     def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
         """The modern discrete convention for 8-bit data (images override), else None."""
         return None
@@ -117,20 +149,25 @@ class DataModule(L.LightningDataModule):
         the paper's). eval.json's K_raw = K - this: log p_raw(x_raw) = log p(x) - log |det d x_raw / d x|."""
         return None
 
+    def describe(self) -> DataKind:
+        """What this data set holds (DataKind), called once after setup. By default from the training split's shape
+        and values: [N, C, H, W] "image"; [N, L] of 0 / 1 "sequence" of bits (classes 2); any other "vectors" (figure
+        "points2d" for [N, 2], else "pairs"); with the class's `unit` and `figure_kind` shortcuts, one unit per
+        example and no dequantisation. A data set that knows what it holds overrides this."""
+        shape, train = self.data_shape, self.splits["train"]
+        binary = len(shape) == 1 and bool(((train == 0) | (train == 1)).all())
+        data = "image" if len(shape) == 3 else "sequence" if binary else "vectors"
+        figure = self.figure_kind or {"image": "image", "sequence": "sequence"}.get(
+            data, "points2d" if shape == (2,) else "pairs")
+        return DataKind(data, self.unit, figure=figure, classes=2 if binary else None)
+
     @property
-    def kind(self) -> str:
-        """What kind of data this is, for its figure (dpm.figures) and the evaluate tasks: `figure_kind` where the
-        class sets one, else from the training split's shape: [N, C, H, W] "image", [N, L] of 0/1 "sequence",
-        [N, 2] "points2d", any other "pairs" (pairwise scatter plots of a few coordinates)."""
-        if self.figure_kind:
-            return self.figure_kind
-        shape = self.data_shape  # sets the splits up
-        train = self.splits["train"]
-        if len(shape) == 3:
-            return "image"
-        if len(shape) == 1 and bool(((train == 0) | (train == 1)).all()):
-            return "sequence"
-        return "points2d" if shape == (2,) else "pairs"
+    def kind(self) -> DataKind:
+        """The data set's DataKind (describe), fixed once after setup."""
+        if self._kind is None:
+            self.setup()
+            self._kind = self.describe()
+        return self._kind
 
     def data_files(self) -> tuple[list[Path], Path | None]:
         """The user's files the examples are read from (a file, or the files of a folder and that folder), for the
@@ -153,11 +190,6 @@ class DataModule(L.LightningDataModule):
     def origin(self) -> str:
         """Where the examples come from, as an error message names it (a user's file: dataset.path=...)."""
         return f"dataset {self.name or type(self).__name__}"
-
-    @property
-    def units_per_example(self) -> int:
-        """How many of the reporting unit one example holds (1, or H x W spatial pixels for images)."""
-        return 1
 
     # ---- Lightning hooks -----------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -188,7 +220,7 @@ class DataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self.shift, self.scale = state["shift"], state["scale"]
         self.trained_on = state.get("trained_on")  # None from checkpoints written before it was kept
-        self.splits, self.device_splits = {}, {}
+        self.splits, self.device_splits, self._kind = {}, {}, None
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)

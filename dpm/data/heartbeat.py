@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from dpm.data.base import SPLITS, DataModule
+from dpm.data.base import SPLITS, DataKind, DataModule
 from dpm.core.truth import heartbeat_log_likelihood
 from dpm.ranges import count
 
@@ -36,8 +36,6 @@ class HeartbeatDataModule(DataModule):
     (Table 1's caption: every data set except the heartbeat is scaled to unit variance)."""
 
     name = "heartbeat"
-    unit = "bits/seq"
-    figure_kind = "sequence"
 
     def __init__(self, n_train: int = 10000, n_val: int = 1000, n_test: int = 2000, length: int = 20,
                  period: int = 5, **kwargs) -> None:
@@ -53,6 +51,9 @@ class HeartbeatDataModule(DataModule):
     def patterns(self) -> torch.Tensor:
         """The `period` sequences the data is made of, float32 [period, length]."""
         return heartbeat_patterns(self.length, self.period)
+
+    def describe(self) -> DataKind:
+        return DataKind("sequence", "bits/seq", figure="sequence", classes=2)  # bits, K per sequence (Table 1)
 
     def make_split(self, split: str) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed + SPLITS.index(split))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpm.data.base import DataModule
+from dpm.data.base import DataKind, DataModule
 from dpm.core.keyed import Keys
 from dpm.core.keyed import dequantize as keyed_dequantize
 from dpm.core.keyed import dequantize_with
@@ -82,6 +82,50 @@ def missing_files(name: str, looked_in: list[Path], files: list[str],
         f"when online, set dataset.download=true to fetch it into dataset.data_dir.")
 
 
+def dequantization_width(dequantization: str, bin_width: float, scale: float) -> float:
+    """w, the width of the uniform dequantisation noise in normalised units (docs/paper.md §5.6), for raw values on
+    levels bin_width apart scaled by 1 / scale: "bin" one level, bin_width / scale; "released" the released code's
+    bin_width * scale; "none" 0."""
+    if dequantization == "bin":
+        return bin_width / scale
+    if dequantization == "released":
+        return bin_width * scale
+    return 0.0
+
+
+def dequantize_images(x0: torch.Tensor, w: float, keys: Keys | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """x0 + u, u ~ U(-w/2, w/2) per element (docs/paper.md §5.6), [N, C, H, W]: from `generator` (default: the global
+    torch RNG of x0's device), or keyed by each example's (seed, index) with keys (dpm.core.keyed.dequantize)."""
+    if w == 0.0:
+        return x0
+    if keys is not None:
+        return keyed_dequantize(x0, w, keys)
+    return dequantize_with(x0, torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype), w)
+
+
+def nll_upper_bound(K_bits_per_dim: float, w: float, bin_width: float, scale: float) -> float | None:
+    """An upper bound on the negative log2-likelihood, per dimension, of discrete images on levels bin_width apart
+    (raw units), from K per dimension on the normalised data dequantised with noise of width w; None without
+    dequantisation (w = 0) or with noise wider than a bin.
+
+    Derivation. Let y be one image's raw values (D dimensions), x = (y - shift) / scale, and p the model's
+    density of normalised images, of which K is a lower bound on E_u[log p(x + u)], u ~ U(-w/2, w/2)^D.
+    The bin of y, mapped to normalised units, is the cube B(x) of side Delta / scale around x (Delta = bin_width),
+    so for any w <= Delta / scale the noise cube C(x, w) lies inside it, and
+        P(y) = integral_B(x) p  >=  integral_C(x,w) p  =  w^D E_u[p(x + u)]  >=  w^D exp(E_u[log p(x + u)])
+    (the last step is Jensen). Per dimension in bits:
+        -log2 P(y) / D  <=  -log2 w - K_bits_per_dim.
+    With w = Delta / scale ("bin"): nll = log2(scale) + log2(n_levels - 1) - K_bits_per_dim: the
+    log-Jacobian of the scaling, log2 scale, and the bin width, -log2 Delta. Both inequalities are tight
+    when p is constant within each bin. "released" noise (w = Delta * scale) also gives a valid, looser
+    bound, 2 log2(1 / scale) bits/dim higher for a density that is smooth on the scale of a bin.
+    """
+    if w == 0.0 or w > bin_width / scale * (1 + 1e-9):
+        return None
+    return -math.log2(w) - K_bits_per_dim
+
+
 class ImageDataModule(DataModule):
     """Images [N, C, H, W]; subclasses implement make_split returning raw values k / (n_levels - 1).
 
@@ -97,8 +141,6 @@ class ImageDataModule(DataModule):
     code used one minibatch), saved in the checkpoint.
     """
 
-    unit = "bits/pixel"
-    figure_kind = "image"
     location_keys = ("data_dir",)
     n_levels = 256  # grey levels per channel; 256 for 8-bit images
 
@@ -125,50 +167,24 @@ class ImageDataModule(DataModule):
         """w, the width of the uniform dequantisation noise in normalised units (0 for "none")."""
         if self.scale is None:
             self.setup()
-        if self.dequantization == "bin":
-            return self.bin_width / self.scale
-        if self.dequantization == "released":
-            return self.bin_width * self.scale
-        return 0.0
+        return dequantization_width(self.dequantization, self.bin_width, self.scale)
 
     def dequantize(self, x0: torch.Tensor, keys: Keys | None = None,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0 + u, u ~ U(-w/2, w/2) per element (docs/paper.md §5.6), [N, C, H, W]: from `generator` (default: the global
-        torch RNG of x0's device), or keyed by each example's (seed, index) with keys (dpm.core.keyed.dequantize)."""
-        w = self.dequantization_width
-        if w == 0.0:
-            return x0
-        if keys is not None:
-            return keyed_dequantize(x0, w, keys)
-        return dequantize_with(x0, torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype), w)
+        """dequantize_images with this data set's width."""
+        return dequantize_images(x0, self.dequantization_width, keys, generator)
 
     # ---- reporting ----------------------------------------------------------------------------------
-    @property
-    def units_per_example(self) -> int:
-        """Spatial pixels per image, H x W: K in bits/pixel sums over colour channels (docs/paper.md §3.4)."""
+    def describe(self) -> DataKind:
+        """Images: K in bits per spatial pixel, H x W of them per image (summed over colour channels, docs/paper.md
+        §3.4), dequantised over the width of `dequantization`."""
         H, W = self.data_shape[-2:]
-        return H * W
+        return DataKind("image", "bits/pixel", H * W, self.dequantization_width, "image")
 
     def nll_bits_per_dim(self, K_bits_per_dim: float) -> float | None:
-        """An upper bound on the negative log2-likelihood, per dimension, of the discrete (n_levels-level)
-        image, from K per dimension on the dequantised normalised data; None without dequantisation.
-
-        Derivation. Let y be one image's raw values (D dimensions), x = (y - shift) / scale, and p the model's
-        density of normalised images, of which K is a lower bound on E_u[log p(x + u)], u ~ U(-w/2, w/2)^D.
-        The bin of y, mapped to normalised units, is the cube B(x) of side Delta / scale around x, so for any
-        w <= Delta / scale the noise cube C(x, w) lies inside it, and
-            P(y) = integral_B(x) p  >=  integral_C(x,w) p  =  w^D E_u[p(x + u)]  >=  w^D exp(E_u[log p(x + u)])
-        (the last step is Jensen). Per dimension in bits:
-            -log2 P(y) / D  <=  -log2 w - K_bits_per_dim.
-        With w = Delta / scale ("bin"): nll = log2(scale) + log2(n_levels - 1) - K_bits_per_dim: the
-        log-Jacobian of the scaling, log2 scale, and the bin width, -log2 Delta. Both inequalities are tight
-        when p is constant within each bin. "released" noise (w = Delta * scale) also gives a valid, looser
-        bound, 2 log2(1 / scale) bits/dim higher for a density that is smooth on the scale of a bin.
-        """
-        w = self.dequantization_width
-        if w == 0.0 or w > self.bin_width / self.scale * (1 + 1e-9):
-            return None
-        return -math.log2(w) - K_bits_per_dim
+        """nll_upper_bound for these images: an upper bound on the discrete NLL per dimension, bits; None without
+        dequantisation or with noise wider than a bin."""
+        return nll_upper_bound(K_bits_per_dim, self.dequantization_width, self.bin_width, self.scale)
 
     def nll_bits_per_dim_8bit(self, K_bits_per_dim: float) -> float | None:
         """nll_bits_per_dim for 8-bit data (n_levels = 256), the modern discrete convention; else None."""

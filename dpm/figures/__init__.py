@@ -1,5 +1,5 @@
-"""Figures of a trained model, one function per kind of data (DataModule.kind: the class's figure_kind, or chosen
-from the data's shape), each writing a PNG.
+"""Figures of a trained model, one function per kind of data (the data set's DataKind names it: dm.kind.figure),
+each writing a PNG.
 
 A figure function takes (module, dm, path, seed, progress=False) and returns the path it wrote; it samples
 through dpm.model.sampling.sample (progress: its progress line).
@@ -26,13 +26,13 @@ FIGURES: dict[str, Callable[..., Path]] = {
 def draw(module, dm, path: Path, seed: int = 0, progress: bool = False) -> Path:
     """Write the figure for dm's kind of data to path (PNG), with the module in eval mode; progress: a progress
     line over its sampling."""
-    kind = dm.kind
-    if kind not in FIGURES:
-        raise ValueError(f"no figure for data of kind {kind!r}; known: {sorted(FIGURES)} (or figure_kind='' to "
+    figure = dm.kind.figure
+    if figure not in FIGURES:
+        raise ValueError(f"no figure {figure!r} for {dm.name}; known: {sorted(FIGURES)} (or figure_kind='' to "
                          "choose one from the data's shape)")
     was_training = module.training
     module.eval()
     try:
-        return FIGURES[kind](module, dm, path, seed, progress=progress)
+        return FIGURES[figure](module, dm, path, seed, progress=progress)
     finally:
         module.train(was_training)

@@ -65,7 +65,7 @@ class ScheduleFigure(L.Callback):
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         diffusion, betas = module.diffusion, self.curves(module, trainer.global_step)
         kind = getattr(diffusion.schedule, "kind", "")
-        title = (f"{diffusion.kind} diffusion, {'learned ' if 'fixed' not in betas else ''}{kind} schedule, "
+        title = (f"{diffusion.title}, {'learned ' if 'fixed' not in betas else ''}{kind} schedule, "
                  f"T = {diffusion.T}")
         path = schedule(betas, self.dirpath / f"{self.name}.png", title)
         for logger in trainer.loggers:

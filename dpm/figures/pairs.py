@@ -51,5 +51,5 @@ def pairs(module, dm, path: Path, seed: int = 0, n: int = 1000, n_coords: int = 
                 ax.set_ylabel(f"x[{i}]")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(f"{dm.name}: data (below the diagonal) and samples (above), in the data's units; "
-                 f"{diffusion.kind} diffusion, T = {diffusion.T}", fontsize=10)
+                 f"{diffusion.title}, T = {diffusion.T}", fontsize=10)
     return save(fig, path)

@@ -9,6 +9,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from dpm.figures.image import tile
+from dpm.figures.sequence import colours
 from dpm.figures.save import plt, save
 
 
@@ -27,12 +28,12 @@ def image_rows(rows: dict[str, torch.Tensor], path: Path, title: str) -> Path:
     return save(fig, path)
 
 
-def sequence_rows(panels: dict[str, torch.Tensor], path: Path, title: str) -> Path:
-    """One panel per entry (label -> [n, length] values in [0, 1]; 0.5 shows an unknown bin), rows are
-    sequences, black is 1."""
+def sequence_rows(panels: dict[str, torch.Tensor], path: Path, title: str, classes: int | None = 2) -> Path:
+    """One panel per entry (label -> [n, length] states: bits, or `classes` classes; NaN shows an unknown bin),
+    rows are sequences; colours as dpm.figures.sequence.colours."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 5), squeeze=False)
     for ax, (label, seqs) in zip(axes[0], panels.items()):
-        ax.imshow(seqs.float().cpu(), cmap="gray_r", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+        ax.imshow(seqs.float().cpu(), aspect="auto", interpolation="nearest", **colours(classes))
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("bin")
         ax.set_ylabel("example")

@@ -23,7 +23,6 @@ from dpm.data.base import DataModule
 
 MAX_COMPONENTS = 10
 LABELS = {"gaussian": "Gaussian", "gaussian_mixture": "GMM", "bernoulli": "Bernoulli", "markov": "Markov chain"}
-VECTOR_KINDS = ("points2d", "pairs")
 
 
 def gaussian_mixture(train: torch.Tensor, val: torch.Tensor, seed: int, max_components: int = MAX_COMPONENTS):
@@ -53,14 +52,14 @@ def fitted(dm: DataModule) -> dict[str, tuple[Callable[[torch.Tensor], torch.Ten
     """name -> (log-likelihood function x [M, *D] -> nats [M], facts to record) for the data's kind; {} for
     images and other data."""
     dm.setup()
-    kind = dm.kind
+    kind = dm.kind  # dpm.data.base.DataKind
     train, val = dm.splits["train"].flatten(1), dm.splits["val"].flatten(1)
-    if kind in VECTOR_KINDS:
+    if kind.data == "vectors":
         mean, cov = fit.gaussian_fit(train)
         mixture, mixture_log_prob = gaussian_mixture(train, val, dm.seed)
         return {"gaussian": (lambda x: fit.gaussian_log_prob(x, mean, cov), {}),
                 "gaussian_mixture": (mixture_log_prob, {"n_components": int(mixture.n_components)})}
-    if kind == "sequence":
+    if kind.data == "sequence" and kind.classes == 2:
         p = fit.bernoulli_fit(train)
         first, transitions = fit.markov_fit(train)
         return {"bernoulli": (lambda x: fit.bernoulli_log_prob(x, p), {}),
@@ -77,7 +76,7 @@ def baseline_fields(dm: DataModule, split: str, index: torch.Tensor, K: torch.Te
     models = fitted(dm)
     if not models:
         return {}
-    to_units = 1.0 / (math.log(2) * dm.units_per_example)
+    to_units = 1.0 / (math.log(2) * dm.kind.units_per_example)
     x = dm.splits[split][index.long().cpu()].flatten(1)
     val = dm.splits["val"].flatten(1)
     out, per_example = {}, {}

@@ -125,7 +125,7 @@ def per_example_bound(module: DiffusionModule, dm: DataModule, *, split: str = "
             truth = module.to_units(truth) if truth is not None else torch.full_like(K, float("nan"))
             rows.append(torch.stack([index.double(), K.double(), L_null.double(), truth.double().to(K.device)], 1))
             mean, se = mean_and_stderr(torch.cat([r[:, 1] for r in rows]), ddof=1)
-            bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.unit}")
+            bar.update(0, K=f"{mean:.3f} ± {se:.3f} {dm.kind.unit}")
     table = torch.cat(rows) if rows else torch.zeros(0, 4, dtype=torch.float64, device=device)
     return gather_by_index(fabric, table, n) if fabric is not None else table
 
@@ -160,12 +160,12 @@ def summarize(module: DiffusionModule, dm: DataModule, table: torch.Tensor, *, s
                         "gave a non-finite value, so the weights are unusable (a diverged run: try a lower "
                         "optimizer.lr); no eval.json was written")
     gain_mean, gain_se = mean_and_stderr(K - L_null, ddof=1)
-    K_bpd = K_mean * dm.units_per_example / math.prod(dm.data_shape)
+    K_bpd = K_mean * dm.kind.units_per_example / math.prod(dm.data_shape)
     result = {
         "dataset": dm.name, "diffusion": module.diffusion.kind, "T": T, "split": split,
         "estimator": estimator, "n_t": n_t if estimator == "mc" else T - 1,
         "n_examples": int(K.numel()), "K": K_mean, "K_stderr": K_se, "L_null": L_null.mean().item(),
-        "K_minus_L_null": gain_mean, "K_minus_L_null_stderr": gain_se, "unit": dm.unit,
+        "K_minus_L_null": gain_mean, "K_minus_L_null_stderr": gain_se, "unit": dm.kind.unit,
         "K_bits_per_dim": K_bpd, "seconds": seconds,
     }
     if not truth.isnan().all():  # the data's density is known (heartbeat, noisy Swiss roll): K beside it, paired

@@ -79,11 +79,6 @@ def check_smc_memory(cfg: DictConfig, task: str, n: int, data_shape: tuple[int, 
                          f"{where} ({have / 2**30:,.1f} GiB); use fewer particles or fewer examples")
 
 
-def check_kind(task: str, diffusion, kinds: tuple[str, ...]) -> None:
-    if diffusion.kind not in kinds:
-        raise ValueError(f"task={task} needs {' or '.join(kinds)} diffusion; this checkpoint's is {diffusion.kind}")
-
-
 def held_out(dm, split: str, n: int, key: str) -> torch.Tensor:
     """The first n examples of a split (normalised, [n, *D]); a clear error if the split holds fewer."""
     x0 = dm.splits[split]

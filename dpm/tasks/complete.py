@@ -13,15 +13,17 @@ from omegaconf import DictConfig
 
 from dpm.figures.posterior import sequence_rows
 from dpm.ranges import count
+from dpm.core.posterior import DeltaR, check_factor
 from dpm.tasks import common
 
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "complete")
-    if dm.kind != "sequence":  # what the data module says its data are (a user's 0/1 array file too)
-        raise ValueError(f"task=complete needs 0/1 sequence data [N, length] (the heartbeat, or a file of them); "
-                         f"{dm.name} is {dm.kind} data of shape {tuple(dm.data_shape)} (task=inpaint fills images, "
-                         "task=constrain conditions 2-D points)")
+    check_factor(diffusion, DeltaR, "complete")
+    if dm.kind.data != "sequence":
+        raise ValueError(f"task=complete needs sequence data [N, length] (the heartbeat, your own 0/1 sequences); "
+                         f"{dm.name} holds {dm.kind.data} of shape {tuple(dm.data_shape)} (task=inpaint fills "
+                         "images, task=constrain conditions 2-D points)")
     length = dm.data_shape[0]
     k = count("complete.k", s.get("k", 5), 1, length, why=" (the given bins, at most the sequence length)")
     n = common.positive_int("complete.n", s.get("n", 1000))
@@ -52,7 +54,7 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dic
            **filled.record, "known_bins_exact": exact}
     lines = [f"complete {dm.name}: {s['n']} {cfg.split} sequences given their first {k} bins", *filled.lines,
              f"given bins kept exactly: {exact}"]
-    patterns = getattr(dm, "patterns", None)
+    patterns = dm.patterns
     if patterns is not None:
         ok = consistent(result, x0, patterns.to(result), k)
         n_fit = (x0[:, None, :k] == patterns.to(x0)[None, :, :k]).all(2).sum(1).float()
@@ -61,8 +63,8 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dic
                      f"{100 * out['fraction_consistent']:.1f}% (patterns consistent per example: "
                      f"{out['patterns_consistent_per_example']:.2f})")
     common.save_npz(out_dir / "complete.npz", x0=x0, known=known, result=result, **filled.arrays)
-    observed = torch.where(known, x0, torch.full_like(x0, 0.5))
+    observed = torch.where(known, x0, torch.full_like(x0, float("nan")))
     sequence_rows({"original": x0[:20], f"given: first {k} bins (grey unknown)": observed[:20],
                    "completion": result[:20]}, out_dir / "complete.png",
-                  f"{dm.name}: completion given the first {k} bins, {filled.method}")
+                  f"{dm.name}: completion given the first {k} bins, {filled.method}", dm.kind.classes)
     return common.finish(out_dir, "complete", out, lines)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import half_plane_points
-from dpm.core.posterior import SmoothR, perturbation
+from dpm.core.posterior import SmoothR, check_factor, perturbation
 from dpm.model.sampling import sample
 from dpm.ranges import real, real_problem
 from dpm.tasks import common
@@ -31,7 +31,7 @@ def nearest_distance(x: torch.Tensor, data: torch.Tensor, chunk: int = 1024) -> 
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "constrain")
-    common.check_kind("constrain", diffusion, ("gaussian",))
+    check_factor(diffusion, SmoothR, "constrain")
     if tuple(dm.data_shape) != (2,):
         raise ValueError(f"task=constrain needs 2-D points (the Swiss roll); {dm.name} has examples of shape "
                          f"{tuple(dm.data_shape)}")

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from dpm.figures.posterior import image_rows
-from dpm.core.posterior import GaussianR, perturbation
+from dpm.core.posterior import GaussianR, check_factor, perturbation
 from dpm.model.sampling import sample
 from dpm.tasks import common
 
@@ -20,9 +20,10 @@ SIGMA_D_RANGE = (1e-3, 1e3)  # noise that float32 images and variances can hold
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "denoise")
-    common.check_kind("denoise", diffusion, ("gaussian",))
-    if dm.kind != "image":
-        raise ValueError(f"task=denoise needs image data; {dm.name} is not")
+    check_factor(diffusion, GaussianR, "denoise")
+    if dm.kind.data != "image" or dm.kind.classes is not None:
+        raise ValueError(f"task=denoise needs image data of real pixel values; {dm.name} holds {dm.kind.data}"
+                         + (f" of {dm.kind.classes} classes" if dm.kind.classes else ""))
     sigma_d = common.positive_float("denoise.sigma_d", s.get("sigma_d", 1.0),
                                     " (the noise's standard deviation in normalised units; the paper's is 1)")
     low, high = SIGMA_D_RANGE

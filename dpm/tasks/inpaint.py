@@ -11,8 +11,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from dpm.figures.image import pixels
 from dpm.figures.posterior import image_rows
 from dpm.ranges import real
+from dpm.core.posterior import DeltaR, check_factor
 from dpm.tasks import common
 
 MASKS = ("centre", "left", "right", "random")
@@ -75,7 +77,8 @@ def read_mask_file(path: Path, shape: tuple[int, ...]) -> torch.Tensor:
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     """The task's settings, checked against the data before any sampling."""
     s = common.settings(cfg, "inpaint")
-    if dm.kind != "image":
+    check_factor(diffusion, DeltaR, "inpaint")
+    if dm.kind.data != "image":
         raise ValueError(f"task=inpaint needs image data; {dm.name} is not (task=complete fills sequences)")
     fraction = real("inpaint.fraction", s.get("fraction", 0.5), 0, 1, low_open=True)
     n = common.positive_int("inpaint.n", s.get("n", 16))
@@ -99,13 +102,16 @@ def run(module, dm, cfg: DictConfig, out_dir: Path, device: torch.device, s: dic
                     shift=dm.shift, scale=dm.scale, **filled.arrays)
     start = ("start x_T (noise in the region to fill)" if s["particles"] == 1 else
              "start x_T (noise; known pixels at their forward draw y_T)")  # SMC starts from y_T, not the values
-    image_rows({"original": dm.denormalize(x0).cpu(), start: dm.denormalize(x_T).cpu(),
-                "inpainted sample": dm.denormalize(result).cpu()},
+    image_rows({"original": pixels(dm, x0.cpu()), start: pixels(dm, x_T.cpu()),
+                "inpainted sample": pixels(dm, result.cpu())},
                out_dir / "inpaint.png", f"{dm.name}: inpainting, mask {s['mask']}, {filled.method}")
     out = {"task": "inpaint", "dataset": dm.name, "split": cfg.split, "n_examples": s["n"], "mask": s["mask"],
            "n_missing_per_image": int(s["missing"].sum()), **filled.record, "known_pixels_exact": exact,
            "mse_missing": mse}
-    return common.finish(out_dir, "inpaint", out, [
-        f"inpaint {dm.name}: {s['n']} {cfg.split} images, {out['n_missing_per_image']} pixels filled per image",
-        *filled.lines, f"known pixels equal the given values exactly: {exact}",
-        f"MSE of filled pixels to the originals (normalised units): {mse:.4f}"])
+    lines = [f"inpaint {dm.name}: {s['n']} {cfg.split} images, {out['n_missing_per_image']} pixels filled per image",
+             *filled.lines, f"known pixels equal the given values exactly: {exact}",
+             f"MSE of filled pixels to the originals (normalised units): {mse:.4f}"]
+    if dm.kind.classes:  # classes: how many filled pixels are the original's class
+        out["missing_equal_fraction"] = (result == x0)[~known].float().mean().item()
+        lines.append(f"filled pixels of the original's class: {100 * out['missing_equal_fraction']:.1f}%")
+    return common.finish(out_dir, "inpaint", out, lines)

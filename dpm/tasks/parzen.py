@@ -23,7 +23,7 @@ LN2 = math.log(2.0)
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
     s = common.settings(cfg, "parzen")
-    if dm.kind != "image":
+    if dm.kind.data != "image" or dm.kind.classes is not None:
         raise ValueError(f"task=parzen needs image data (pixel values in [0, 1]); {dm.name} is not "
                          "(use dataset=mnist5k, mnist or digits)")
     if getattr(dm, "n_levels", None) is None:  # the estimate snaps pixels back onto their grid of levels

@@ -11,8 +11,8 @@ from dpm.figures import FIGURES, draw
 
 
 def check(cfg: DictConfig, dm, diffusion) -> dict:
-    if dm.kind not in FIGURES:
-        raise ValueError(f"task=sample has no figure for {dm.name} (data of kind {dm.kind!r}; figures: "
+    if dm.kind.figure not in FIGURES:
+        raise ValueError(f"task=sample has no figure for {dm.name} (its figure {dm.kind.figure!r}; figures: "
                          f"{sorted(FIGURES)})")
     return {}
 
