@@ -214,7 +214,7 @@ CONFIG_ERRORS = [  # Hydra's own composition errors, and dpm's checks of a compo
      r"^error: dataset=nosuchdata is not an option of the config group dataset; valid choices: \[.*'swiss_roll'\]$"),
     ("unknown diffusion", "train.py", ["diffusion=nosuch"],
      r"^error: diffusion=nosuch is not an option of the config group diffusion; valid choices: \['binomial', "
-     r"'gaussian'\]$"),
+     r"'categorical', 'gaussian'\]$"),
     ("unknown key", "train.py", ["dataset.batch_sise=1"], r"Could not override 'dataset.batch_sise'"),
     ("bad type", "train.py", ["T=abc"], r"error: T='abc' is invalid: it must be an integer"),
     ("bad value", "train.py", ["dataset.batch_size=0"], r"error: dataset.batch_size=0 is invalid"),

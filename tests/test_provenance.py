@@ -43,8 +43,10 @@ def test_eval_json_records_where_its_number_came_from(tmp_path):
     test_line = next(line for line in out.stdout.splitlines() if line.startswith("test bound:"))
     assert test_line.endswith(", mc estimator)")  # above test_exact_max_T the end of training says it used mc
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["estimator"] == "mc"
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    own = json.loads((tmp_path / "run" / "eval.json").read_text())["provenance"]
+    result = json.loads((tmp_path / "run" / "eval.json").read_text())
+    ckpt = Path(result["checkpoint"])  # the weights reported (test_weights=best: the best validation checkpoint)
+    assert ckpt.parent == tmp_path / "run" / "checkpoints" and ckpt.is_file()
+    own = result["provenance"]
     assert own["checkpoint"] == {"path": str(ckpt), "sha256": sha256(ckpt), "weights": "raw",
                                  "step": torch.load(ckpt, weights_only=True)["global_step"]}
     assert own["data"] == {"name": "swiss_roll", "version": f"scikit-learn {sklearn.__version__}"}
@@ -54,12 +56,12 @@ def test_eval_json_records_where_its_number_came_from(tmp_path):
     if (ROOT / ".git").exists():
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
         assert own["dpm_commit"] == head.stdout.strip() and isinstance(own["dpm_uncommitted_changes"], bool)
-    ev = run("evaluate.py", f"ckpt_path={ckpt}", "progress=false", f"hydra.run.dir={tmp_path / 'eval'}")
+    ev = run("evaluate.py", f"ckpt_path={ckpt.parent / 'last.ckpt'}", "progress=false", f"hydra.run.dir={tmp_path / 'eval'}")
     assert ev.returncode == 0, ev.stderr[-3000:]
     again = json.loads((tmp_path / "eval" / "eval.json").read_text())["provenance"]
     assert again["checkpoint"] == own["checkpoint"]
     assert again["data"] == {**own["data"], "same_as_training": True}
-    assert "evaluate.py" in again["command"] and f"ckpt_path={ckpt}" in shlex.split(again["command"])
+    assert "evaluate.py" in again["command"] and f"ckpt_path={ckpt.parent / 'last.ckpt'}" in shlex.split(again["command"])
     assert "data: SwissRollDataModule, generated or shipped with a package" in ev.stdout
 
 

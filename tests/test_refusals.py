@@ -142,7 +142,7 @@ POOR = [
      r"junk_config.ckpt is not a usable dpm checkpoint: dpm_config is not a training run's config"),
     ("a checkpoint with junk weights inside", cli("evaluate.py", ck("junk_state.ckpt")), 2,
      r"junk_state.ckpt is not a usable dpm checkpoint: state_dict is not a mapping of names to tensors"),
-    ("a checkpoint whose weights have other shapes", cli("evaluate.py", ck("wrong_shapes.ckpt")), 2,
+    ("a checkpoint whose weights have other shapes", cli("evaluate.py", ck("wrong_shapes.ckpt"), "ckpt_choice=given"), 2,
      r"the checkpoint's weights do not fit the network"),
     ("a full disk during training", lambda w, mp: (full_disk(mp), cli("train.py", at("hydra.run.dir", "full"))(w, mp))[1],
      1, r"(?i)no space left on device: '.*checkpoints/.*\.ckpt'"),

@@ -76,7 +76,7 @@ def test_table_lists_every_run_with_its_source_and_status(sweep):
     assert rows["0"]["K_minus_best_baseline"] == ev["K_minus_best_baseline"]
     best = ev["best_baseline"].replace("_", " ")
     assert f"{ev['K_minus_best_baseline']:.3f} ± {ev['K_minus_best_baseline_stderr']:.3f} ({best})" in md
-    assert f"{ev['weights_chosen']} weights, step {ev['weights_step']}" in md
+    assert f"{ev['weights_chosen']}: raw, step {ev['weights_step']} (" in md  # the weights column
     with open(result["files"]["csv"], newline="") as f:
         table = list(csv.DictReader(f))
     assert [r["status"] for r in table] == ["complete"] * 4 + ["incomplete"]
@@ -188,9 +188,10 @@ def test_damaged_metrics_a_link_loop_and_an_unreadable_eval_json_leave_the_repor
 
 def test_report_rows_carry_the_provenance_of_their_eval_json(sweep):
     rows = {r["run"]: r for r in report([sweep])["rows"]}
-    p = json.loads((sweep / "0" / "eval" / "eval.json").read_text())["provenance"]
+    ev = json.loads((sweep / "0" / "eval" / "eval.json").read_text())
+    p = ev["provenance"]
     assert rows["0"]["checkpoint_sha256"] == p["checkpoint"]["sha256"] and rows["0"]["weights"] == "raw"
-    assert rows["0"]["checkpoint_step"] == 4 and rows["0"]["data"] == p["data"]["version"]
+    assert rows["0"]["checkpoint_step"] == ev["weights_step"] == p["checkpoint"]["step"] and rows["0"]["data"] == p["data"]["version"]
     assert rows["0"]["command"] == p["command"] and rows["0"]["dpm"] == p["dpm"]
     with open(sweep / "report.csv", newline="") as f:
         first = next(csv.DictReader(f))
