@@ -22,7 +22,8 @@ from dpm.core.stats import mean_and_stderr
 from dpm.data.base import DataModule
 
 MAX_COMPONENTS = 10
-LABELS = {"gaussian": "Gaussian", "gaussian_mixture": "GMM", "bernoulli": "Bernoulli", "markov": "Markov chain"}
+LABELS = {"gaussian": "Gaussian", "gaussian_mixture": "GMM", "bernoulli": "Bernoulli", "independent": "independent",
+          "markov": "Markov chain"}
 
 
 def gaussian_mixture(train: torch.Tensor, val: torch.Tensor, seed: int, max_components: int = MAX_COMPONENTS):
@@ -59,10 +60,11 @@ def fitted(dm: DataModule) -> dict[str, tuple[Callable[[torch.Tensor], torch.Ten
         mixture, mixture_log_prob = gaussian_mixture(train, val, dm.seed)
         return {"gaussian": (lambda x: fit.gaussian_log_prob(x, mean, cov), {}),
                 "gaussian_mixture": (mixture_log_prob, {"n_components": int(mixture.n_components)})}
-    if kind.data == "sequence" and kind.classes == 2:
-        p = fit.bernoulli_fit(train)
-        first, transitions = fit.markov_fit(train)
-        return {"bernoulli": (lambda x: fit.bernoulli_log_prob(x, p), {}),
+    if kind.data == "sequence" and kind.classes is not None:
+        C = kind.classes
+        probs = fit.independent_fit(train, C)
+        first, transitions = fit.markov_fit(train, C)
+        return {"bernoulli" if C == 2 else "independent": (lambda x: fit.independent_log_prob(x, probs), {}),
                 "markov": (lambda x: fit.markov_log_prob(x, first, transitions), {})}
     return {}
 
