@@ -56,10 +56,16 @@ def fitted(dm: DataModule) -> dict[str, tuple[Callable[[torch.Tensor], torch.Ten
     kind = dm.kind  # dpm.data.base.DataKind
     train, val = dm.splits["train"].flatten(1), dm.splits["val"].flatten(1)
     if kind.data == "vectors":
-        mean, cov = fit.gaussian_fit(train)
-        mixture, mixture_log_prob = gaussian_mixture(train, val, dm.seed)
-        return {"gaussian": (lambda x: fit.gaussian_log_prob(x, mean, cov), {}),
-                "gaussian_mixture": (mixture_log_prob, {"n_components": int(mixture.n_components)})}
+        # fitted to each column at unit variance whatever the model's scaling (dataset.scaling), so the ridge means
+        # the same for every column and the baselines' log-likelihood in the file's units does not depend on it
+        centre, spread = train.double().mean(0), train.double().std(0, unbiased=False).clamp_min(1e-300)
+        standard = lambda y: (y.double().flatten(1) - centre) / spread  # noqa: E731
+        log_det = spread.log().sum()
+        mean, cov = fit.gaussian_fit(standard(train))
+        mixture, mixture_log_prob = gaussian_mixture(standard(train), standard(val), dm.seed)
+        return {"gaussian": (lambda x: fit.gaussian_log_prob(standard(x), mean, cov) - log_det, {}),
+                "gaussian_mixture": (lambda x: mixture_log_prob(standard(x)) - log_det,
+                                     {"n_components": int(mixture.n_components)})}
     if kind.data == "sequence" and kind.classes is not None:
         C = kind.classes
         probs = fit.independent_fit(train, C)
