@@ -6,6 +6,7 @@ session, that no test wrote into the repository (every test writes only under it
 import functools
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def repository_state() -> dict[str, object]:
 
 def pytest_sessionstart(session):
     session.config.stash[_STATE] = repository_state()
+    # Started in the background by a shell without job control, pytest (and every process it starts) would ignore
+    # SIGINT; the tests of Ctrl-C need it delivered as a terminal delivers it. A handler, unlike an ignored signal,
+    # is reset to the default in the processes the tests start.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session, exitstatus):

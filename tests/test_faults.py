@@ -320,10 +320,13 @@ def test_signal_writes_last_ckpt_and_exits_nonzero(tmp_path, sig, code):
     args = [a for a in TINY if not a.startswith("trainer.max_steps")] + ["trainer.max_steps=1000000"]
     proc = subprocess.Popen([sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(tmp_path / "checkpoints" / "last.ckpt", proc)
-    time.sleep(0.5)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _wait_for(tmp_path / "checkpoints" / "last.ckpt", proc)
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a run the signal did not stop would train a million steps after the test
+        proc.kill()
     assert proc.returncode == code, err[-3000:]
     assert f"stopped by {sig.name}" in err and "resume with: python train.py ckpt_path=" in err
     step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
