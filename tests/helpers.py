@@ -50,6 +50,23 @@ class ExactHeartbeatKernel(nn.Module):
         return (torch.logit(prob) - torch.logit(fwd))[:, None]
 
 
+def diffusion_and_data(kind: str, T: int = 30, n: int = 64):
+    """(diffusion, a random MLP for it, x0 [n, D]) of a small case of either kind, seeded: Gaussian on 3-D normal
+    draws, binomial (p = 0.3) on 6 bits of rate 0.4."""
+    from dpm.core.binomial import BinomialDiffusion
+    from dpm.core.gaussian import GaussianDiffusion
+    from dpm.core.schedules import Schedule
+
+    torch.manual_seed(0)
+    if kind == "gaussian":
+        d, D = GaussianDiffusion(Schedule("sd2015", T=T)), 3
+        x0 = torch.randn(n, D)
+    else:
+        d, D = BinomialDiffusion(Schedule("binomial", T=T), p=0.3), 6
+        x0 = torch.bernoulli(torch.full((n, D), 0.4))
+    return d, random_mlp(D, d.n_outputs, d.T), x0
+
+
 def hydra_config(*overrides):
     """train.yaml composed with its hydra node (launcher, sweep dir, callbacks), as Hydra's launchers see it."""
     from dpm.app.compose import compose

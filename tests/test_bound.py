@@ -65,21 +65,12 @@ def unchunked_mc_kl_sum(d, net, x0, n_t, keys):
 
 @pytest.mark.parametrize("kind", ["gaussian", "binomial"])
 def test_mc_bound_puts_one_batch_through_the_network_at_a_time_and_equals_the_one_call_sum(kind):
-    from dpm.core.binomial import BinomialDiffusion
     from dpm.core.bound import kl_sum
-    from dpm.core.gaussian import GaussianDiffusion
     from dpm.core.keyed import Keys
-    from dpm.core.schedules import Schedule
-    from tests.helpers import random_mlp
+    from tests.helpers import diffusion_and_data
 
-    torch.manual_seed(0)
-    if kind == "gaussian":
-        d, D = GaussianDiffusion(Schedule("sd2015", T=200)), 3
-        x0 = torch.randn(50, D)
-    else:
-        d, D = BinomialDiffusion(Schedule("binomial", T=200), p=0.3), 6
-        x0 = torch.bernoulli(torch.full((50, D), 0.4))
-    net = RowCounter(random_mlp(D, d.n_outputs, d.T))
+    d, mlp, x0 = diffusion_and_data(kind, T=200, n=50)
+    net = RowCounter(mlp)
     keys = Keys(3, torch.arange(100, 150))
     done = []
     with torch.no_grad():

@@ -6,16 +6,13 @@ import math
 import pytest
 import torch
 
-from dpm.core.binomial import BinomialDiffusion
 from dpm.core.bound import K_per_example, strata_edges, stratified_t
 from dpm.core.stats import mean_and_stderr
 from dpm.data.base import SPLITS
 from dpm.data.images import ImageDataModule
-from dpm.core.gaussian import GaussianDiffusion
 from dpm.core.keyed import (DEQUANT, GOLDEN, MASK64, NOISE, Keys, dequantize, key_bits, keyed_normal, keyed_uniform, mix,
                        mix_int, step_generator)
-from dpm.core.schedules import Schedule
-from tests.helpers import random_mlp
+from tests.helpers import diffusion_and_data
 
 N = 100_000
 
@@ -157,17 +154,6 @@ def test_keyed_stratified_t_covers_every_stratum_and_is_per_example():
         stratified_t(5, T, 2, torch.Generator(), keys=Keys(0, torch.arange(5)))
     with pytest.raises(ValueError, match="4 keys for a batch of 5"):
         stratified_t(5, T, 2, keys=Keys(0, torch.arange(4)))
-
-
-def diffusion_and_data(kind):
-    torch.manual_seed(0)
-    if kind == "gaussian":
-        d, D = GaussianDiffusion(Schedule("sd2015", T=30)), 3
-        x0 = torch.randn(64, D)
-    else:
-        d, D = BinomialDiffusion(Schedule("binomial", T=30), p=0.3), 6
-        x0 = torch.bernoulli(torch.full((64, D), 0.4))
-    return d, random_mlp(D, d.n_outputs, d.T), x0
 
 
 @pytest.mark.parametrize("kind", ["gaussian", "binomial"])

@@ -62,10 +62,9 @@ def test_t_of_uniform_is_uniform_on_2_to_T_and_the_one_stratum_case_of_stratifie
     assert torch.equal(want, t_of_uniform(u, T)) and w.tolist() == [T - 1]
 
 
-@pytest.mark.parametrize("kind", ["gaussian", "binomial"])
-def test_K_one_draw_is_unbiased_for_K(kind):
-    """Averaged over its one draw, K_one_draw's K is the exact K (every t, its x_t drawn) of the same example."""
-    T, N = 6, 40000
+def one_draw_and_exact(kind: str, t_probs: torch.Tensor | None = None, T: int = 6, N: int = 40000):
+    """(K_one_draw's K and L_null, the exact K, the diffusion, x0) for N copies of one example, t drawn uniformly or
+    from t_probs [T - 1]."""
     if kind == "gaussian":
         d = GaussianDiffusion(Schedule("sd2015", T=T))
         x0 = torch.tensor([[0.7, -1.2]]).expand(N, 2).contiguous()
@@ -75,8 +74,16 @@ def test_K_one_draw_is_unbiased_for_K(kind):
     net = random_mlp(2, d.n_outputs, T)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        K, L_null = K_one_draw(d, net, x0, torch.randn(N, n_draws(x0, 0.0), generator=g))
+        K, L_null = K_one_draw(d, net, x0, torch.randn(N, n_draws(x0, 0.0), generator=g), t_probs=t_probs)
         exact = K_per_example(d, net, x0, "exact", generator=g)
+    return K, L_null, exact, d, x0
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "binomial"])
+def test_K_one_draw_is_unbiased_for_K(kind):
+    """Averaged over its one draw, K_one_draw's K is the exact K (every t, its x_t drawn) of the same example."""
+    K, L_null, exact, d, x0 = one_draw_and_exact(kind)
+    N = len(x0)
     assert torch.allclose(L_null, d.L_null(x0))
     se = (K.var() / N + exact.var() / N).sqrt()
     assert abs(K.mean() - exact.mean()) < 4 * se
@@ -140,19 +147,8 @@ def test_importance_sampled_t_is_unbiased_by_enumeration():
 @pytest.mark.parametrize("kind", ["gaussian", "binomial"])
 def test_K_one_draw_with_importance_sampled_t_is_unbiased_for_K(kind):
     """The same one-draw check as the uniform estimator's, with t ~ a far-from-uniform p."""
-    T, N = 6, 40000
-    if kind == "gaussian":
-        d = GaussianDiffusion(Schedule("sd2015", T=T))
-        x0 = torch.tensor([[0.7, -1.2]]).expand(N, 2).contiguous()
-    else:
-        d = BinomialDiffusion(Schedule("binomial", T=T), p=0.3)
-        x0 = torch.tensor([[1.0, 0.0]]).expand(N, 2).contiguous()
-    net = random_mlp(2, d.n_outputs, T)
-    g = torch.Generator().manual_seed(0)
-    p = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
-    with torch.no_grad():
-        K, _ = K_one_draw(d, net, x0, torch.randn(N, n_draws(x0, 0.0), generator=g), t_probs=p)
-        exact = K_per_example(d, net, x0, "exact", generator=g)
+    K, _, exact, _, x0 = one_draw_and_exact(kind, t_probs=torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625]))
+    N = len(x0)
     se = (K.var() / N + exact.var() / N).sqrt()
     assert abs(K.mean() - exact.mean()) < 4 * se
 
