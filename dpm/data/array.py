@@ -204,10 +204,8 @@ class ArrayDataModule(DataModule):
                               "coordinate to unit variance; global: one scalar for all, as the Swiss roll; whiten: "
                               "decorrelated too)")
         self.scaling = scaling
-        if n_classes is not None and n_classes != AUTO and (
-                isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2):
-            raise ConfigError(f"dataset.n_classes={n_classes!r} is invalid: the number of classes (an integer >= 2), "
-                              f"{AUTO} (the largest value + 1), or null for values that are not classes")
+        count("dataset.n_classes", n_classes, 2, allow=(None, AUTO),
+              why=f" (the number of classes), {AUTO} (the largest value + 1), or null for values that are not classes")
         if n_classes is not None and n_levels is not None:
             raise ConfigError(f"dataset.n_classes={n_classes} and dataset.n_levels={n_levels} exclude each other: "
                               "classes are kept as they are; n_levels is for images of real values")

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dpm.data.base import SPLITS, DataKind, DataModule, count
+from dpm.data.base import SPLITS, DataKind, DataModule
+from dpm.ranges import count, real
 
 
 def transition_matrix(n_classes: int, concentration: float, iid: bool, seed: int) -> np.ndarray:
@@ -46,11 +47,10 @@ class MarkovDataModule(DataModule):
     def __init__(self, n_classes: int = 4, length: int = 20, concentration: float = 0.5, iid: bool = False,
                  n_train: int = 10000, n_val: int = 1000, n_test: int = 2000, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.n_classes = count("n_classes", n_classes, 2)
-        self.length = count("length", length, 2)
-        if isinstance(concentration, bool) or not isinstance(concentration, (int, float)) or not concentration > 0:
-            raise ValueError(f"dataset.concentration={concentration!r} is invalid: a number > 0 (the Dirichlet's "
-                             "concentration of each row of the transition matrix; small: peaked rows)")
+        self.n_classes = count("dataset.n_classes", n_classes, 2)
+        self.length = count("dataset.length", length, 2)
+        concentration = real("dataset.concentration", concentration, 0, low_open=True,
+                             why=" (the Dirichlet's concentration of each row of the transition matrix; small: peaked rows)")
         self.sizes = self.check_sizes(n_train=n_train, n_val=n_val, n_test=n_test)
         self.iid = bool(iid)
         P = transition_matrix(self.n_classes, float(concentration), self.iid, self.seed)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpm.data.base import DataKind, DataModule, count
+from dpm.data.base import DataKind, DataModule
+from dpm.ranges import count
 from dpm.data.images import BundledImageDataModule, check_count, disjoint_subsets
 
 N_IMAGES, SIDE = 5000, 28
@@ -78,7 +79,7 @@ class BinaryMNIST5kDataModule(DataModule):
         self.counts = {"n_val": check_count("n_val", n_val, allow_none=False),
                        "n_test": check_count("n_test", n_test, allow_none=False),
                        "n_train": check_count("n_train", n_train)}
-        self.threshold = count("threshold", threshold, 1)
+        self.threshold = count("dataset.threshold", threshold, 1)
         if self.threshold > 255:
             raise ValueError(f"dataset.threshold={threshold} is invalid: an 8-bit level 1..255")
         self._bits: torch.Tensor | None = None

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dpm.errors import is_out_of_memory
 from dpm.io.progress import StopRequested, clear_stop, request_stop
+from dpm.ranges import count
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +104,8 @@ class OverfittingMonitor(L.Callback):
     test bound at the end (dpm.app.train)."""
 
     def __init__(self, patience: int = 3, monitor: str = "val/K") -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"callbacks.overfitting.patience={patience!r} is invalid: validations in a row, an "
-                             "integer >= 1")
-        self.patience, self.monitor = patience, monitor
+        self.patience = count("callbacks.overfitting.patience", patience, 1, why=" (validations in a row)")
+        self.monitor = monitor
         self.history: list[tuple[int, float]] = []  # (global step, val/K) of every validation
         self.warned_at: int | None = None  # the step of the best whose fall was last reported
 
