@@ -198,7 +198,8 @@ def _out_of_memory(err: BaseException, during: str, cfg: DictConfig, out_dir: Pa
 def _last_checkpoint_note(out_dir: Path) -> str:
     last = out_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        step = torch.load(last, map_location="cpu", weights_only=True).get("global_step")
+        # memory-mapped: after memory ran out, the weights are not read in to learn the step
+        step = torch.load(last, map_location="cpu", weights_only=True, mmap=True).get("global_step")
         return f"{last} holds the weights of step {step}."
     return "No checkpoint was written before the stop (no validation had run)."
 
@@ -210,8 +211,9 @@ def _checkpoint_note(out_dir: Path, trainer: L.Trainer) -> str:
 
 def _stopped_message(signal_name: str, out_dir: Path, trainer: L.Trainer) -> str:
     last = out_dir / "checkpoints" / "last.ckpt"
-    where = (f"{last} holds step {trainer.global_step}; resume with: python train.py ckpt_path={last}"
-             if last.is_file() else "no checkpoint could be written")
+    where = _checkpoint_note(out_dir, trainer)
+    if last.is_file():
+        where += f"; resume with: python train.py ckpt_path={last}"
     if last.is_file() and slurm_job_id() is not None:
         where += f" (or, if SLURM requeues job {slurm_job_id()}, it resumes from there by itself)"
     return f"stopped by {signal_name} at step {trainer.global_step}: {where}"
